@@ -1,0 +1,35 @@
+"""The bundled default model: ``ddpm/assets/digits.onnx``, found via importlib.resources.
+
+A class-conditional MNIST-digits model shipped as package data so that ``ddpm-run`` with no
+``--model`` works right after ``pip install "ddpm-toolkit[cpu]"``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+from ddpm.errors import ArtifactError
+
+BUNDLED_MODEL = "digits.onnx"
+
+
+def default_model_path(backend: str = "ort") -> Path:
+    """Path of the bundled ONNX model; ArtifactError with the fix if it is not installed."""
+    if backend != "ort":
+        raise ArtifactError(
+            f"the bundled model is ONNX only; with --backend {backend} pass --model PATH "
+            "(model.ts for torchscript, ckpt.pt for torch)"
+        )
+    try:
+        res = importlib.resources.files("ddpm") / "assets" / BUNDLED_MODEL
+        found = res.is_file()
+    except (ModuleNotFoundError, OSError):
+        found = False
+    if not found:
+        raise ArtifactError(
+            f"the bundled model ddpm/assets/{BUNDLED_MODEL} is missing from this install; "
+            "pass --model PATH to an exported model.onnx, or reinstall ddpm-toolkit"
+        )
+    # pip installs packages as folders, so the resource is a real file (not inside a zip).
+    return Path(str(res))

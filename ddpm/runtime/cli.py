@@ -1,0 +1,128 @@
+"""``ddpm-run``: sample an exported model (ONNX Runtime by default) into a PNG grid.
+
+Thin by design: parse, validate everything (output paths, model file and contract, device,
+steps, labels) before the first model call, then call :meth:`Sampler.run`. Only click and
+the stdlib are imported at module level, so ``--help`` is instant; the heavy work imports
+nothing but numpy + onnxruntime on the default path.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ddpm._cli import friendly_errors
+from ddpm._io import check_writable_dir
+from ddpm.errors import OutputError
+
+#: Classifier-free guidance scale used for conditional models when --guidance is not given.
+DEFAULT_GUIDANCE = 3.0
+
+
+class _OneLineCommand(click.Command):
+    """Usage errors (``--steps abc``) as one ``error:`` line, exit 2, like our own errors."""
+
+    def main(self, *args, **kwargs):  # type: ignore[override]
+        try:
+            kwargs["standalone_mode"] = False
+            return super().main(*args, **kwargs)
+        except click.ClickException as e:
+            click.echo(f"error: {e.format_message().rstrip('.')}; see ddpm-run --help", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def check_output(path: str | None, what: str) -> Path | None:
+    """Fail early (before sampling, creating nothing) if ``path`` could not be written."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{what} {str(p)!r} is a folder; pass a file name such as {p / 'out.png'}")
+    probe = p.parent if str(p.parent) else Path(".")
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # atomic_path creates missing folders later; check the first real one
+    if not probe.is_dir():
+        raise OutputError(f"cannot write {what} {str(p)!r}: {str(probe)!r} is not a folder; choose another path")
+    check_writable_dir(probe, what=f"{what} {p.name}")  # a real probe: os.access lies for root
+    return p
+
+
+@click.command(cls=_OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model", default=None, help="model.onnx / model.ts / ckpt.pt (or its folder). Default: the bundled digits model.")
+@click.option("--steps", default=50, show_default=True, type=int, help="Inference steps (1..training T).")
+@click.option("--sampler", default="ddpm", show_default=True, help="ddpm (ancestral) or ddim.")
+@click.option("--eta", default=0.0, show_default=True, type=float, help="DDIM eta (0 = deterministic).")
+@click.option("--backend", default="ort", show_default=True, help="ort | torchscript | torch.")
+@click.option("--device", default="cpu", show_default=True, help="cpu | cuda.")
+@click.option("-n", "n", default=16, show_default=True, type=int, help="Number of images.")
+@click.option("--batch-size", default=None, type=int, help="Images per model call (default 64); does not change the images.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Noise seed (0..2**32-1).")
+@click.option("--label", default=None, type=int, help="Class for all images (conditional models). Default: labels 0..K-1 cycling.")
+@click.option("--guidance", default=None, type=float, help=f"Classifier-free guidance scale (conditional models; default {DEFAULT_GUIDANCE}).")
+@click.option("--out", default="samples.png", show_default=True, help="PNG grid to write.")
+@click.option("--npz", default=None, help="Also write float samples (and labels) as .npz.")
+@click.option("--trajectory", default=None, help="Also write the denoising strip (x_t and x0 every few steps) as PNG.")
+@click.option("--threads", default=None, type=int, help="CPU threads for ONNX Runtime (default: physical cores).")
+@click.option("--tensorrt", is_flag=True, help="ort + cuda: try the TensorRT EP first (opt-in).")
+@click.option("--cuda-graph", is_flag=True, help="ort + cuda: capture the model run as a CUDA graph.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+@friendly_errors
+def main(model, steps, sampler, eta, backend, device, n, batch_size, seed, label, guidance,
+         out, npz, trajectory, threads, tensorrt, cuda_graph, progress) -> None:
+    """Sample images from an exported DDPM model and write them as a PNG grid."""
+    from ddpm.runtime.sampler import Sampler
+
+    outputs = [(out, "--out"), (npz, "--npz"), (trajectory, "--trajectory")]
+    for path, what in outputs:
+        check_output(path, what)
+    given = [str(Path(p).resolve()) for p, _ in outputs if p]
+    if len(set(given)) != len(given):
+        raise OutputError("--out, --npz and --trajectory must be different files")
+
+    s = Sampler.from_path(model, backend, device, num_threads=threads, tensorrt=tensorrt, cuda_graph=cuda_graph)
+    if guidance is None:
+        guidance = DEFAULT_GUIDANCE if s.contract.conditional else 1.0
+    plan = s.plan(n, steps=steps, sampler=sampler, eta=eta, seed=seed, labels=label,
+                  guidance=guidance, batch_size=batch_size)
+
+    total = len(plan.batches()) * plan.steps
+    show = progress and sys.stderr.isatty()
+    with click.progressbar(length=total, label="sampling", file=sys.stderr, hidden=not show) as bar:
+        result = s.run(plan, trajectory=trajectory is not None, progress=lambda d, t: bar.update(1))
+
+    from ddpm.images import save_grid
+
+    save_grid(out, result.images)
+    if npz:
+        _save_npz(npz, result)
+    if trajectory:
+        from ddpm.runtime.trajectory import save_trajectory
+
+        save_trajectory(trajectory, result, s.contract.value_range)
+    c, h, w = s.contract.image_shape
+    extra = "".join(f", {p}" for p in (npz, trajectory) if p)
+    click.echo(
+        f"wrote {out}{extra}: {plan.n} images {h}x{w}x{c}, {plan.steps} {plan.table.sampler} steps, "
+        f"{s.backend}/{s.device}, {result.seconds:.2f}s ({plan.n / result.seconds:.1f} images/s)"
+    )
+
+
+def _save_npz(path: str, result) -> None:
+    import numpy as np
+
+    from ddpm._io import atomic_path
+
+    arrays = {"samples": result.samples, "images": result.images, "timesteps": result.timesteps}
+    if result.labels is not None:
+        arrays["labels"] = result.labels
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: savez won't add .npz
+        np.savez(f, **arrays)
+
+
+if __name__ == "__main__":
+    main()

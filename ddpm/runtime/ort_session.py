@@ -1,0 +1,147 @@
+"""ONNX Runtime sessions: install checks, providers, tuned session options (numpy + ORT only).
+
+Everything that touches ``onnxruntime`` directly lives here, so the failure modes users hit
+(ORT missing, ``onnxruntime`` and ``onnxruntime-gpu`` both installed, no CUDA provider, a
+corrupt file) turn into one-line :class:`ddpm.errors.BackendError` / ``ArtifactError``
+messages instead of tracebacks from inside the C++ extension.
+
+CPU sessions are tuned for sampling: a diffusion loop calls the same fixed-shape graph
+hundreds of times, so we want all graph optimisations, one intra-op pool sized to the
+physical cores (SMT siblings only add contention for conv kernels) and sequential execution
+(a UNet graph has little inter-op parallelism to exploit).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from pathlib import Path
+from typing import Any
+
+from ddpm.artifact import Contract
+from ddpm.errors import ArtifactError, BackendError
+
+GPU_HINT = 'pip install "ddpm-toolkit[gpu]"'
+CPU_HINT = 'pip install "ddpm-toolkit[cpu]"'
+_ORT_DISTS = ("onnxruntime", "onnxruntime-gpu")
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def import_ort() -> Any:
+    """Import onnxruntime, refusing the broken state of both ORT wheels installed at once."""
+    both = [d for d in _ORT_DISTS if _installed(d)]
+    if len(both) == 2:
+        # The two wheels write the same `onnxruntime` package directory; whichever was
+        # installed last wins file by file, which breaks providers in confusing ways.
+        raise BackendError(
+            "both onnxruntime and onnxruntime-gpu are installed and clash; run "
+            "`pip uninstall -y onnxruntime onnxruntime-gpu` then reinstall exactly one: "
+            f"`{CPU_HINT}` or `{GPU_HINT}`"
+        )
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise BackendError(
+            f"onnxruntime is not importable ({e}); install it with `{CPU_HINT}` "
+            f"(or `{GPU_HINT}` for CUDA)"
+        ) from None
+    return ort
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (SMT siblings counted once)."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        allowed = os.cpu_count() or 1
+    cores: set[tuple[str, str]] = set()
+    phys = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    phys = value.strip()
+                elif key == "core id":
+                    cores.add((phys, value.strip()))
+    except OSError:
+        pass
+    return max(1, min(len(cores) or allowed, allowed))
+
+
+def providers_for(ort: Any, device: str, *, tensorrt: bool = False, cuda_graph: bool = False) -> list:
+    """The provider list for ``device``; raises BackendError naming the fix if unavailable."""
+    available = set(ort.get_available_providers())
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device != "cuda":
+        raise BackendError(f"unknown device {device!r}; expected cpu or cuda")
+    if "CUDAExecutionProvider" not in available:
+        raise BackendError(
+            "device 'cuda' needs onnxruntime's CUDAExecutionProvider, which this install lacks "
+            f"(available: {', '.join(sorted(available))}); install the GPU build with "
+            f"`pip uninstall -y onnxruntime && {GPU_HINT}`, or pass --device cpu"
+        )
+    cuda_opts = {"device_id": 0}
+    if cuda_graph:
+        # Replays the captured graph on every run; needs IO binding at fixed addresses.
+        cuda_opts["enable_cuda_graph"] = "1"
+    providers: list = []
+    if tensorrt:
+        if "TensorrtExecutionProvider" not in available:
+            raise BackendError(
+                "TensorRT was requested but onnxruntime has no TensorrtExecutionProvider; "
+                "install TensorRT for your CUDA version, or drop the tensorrt option"
+            )
+        providers.append(("TensorrtExecutionProvider", {"device_id": 0, "trt_fp16_enable": False}))
+    providers += [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
+    return providers
+
+
+def session_options(ort: Any, num_threads: int | None = None) -> Any:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = int(num_threads or physical_cores())
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # warnings about unused initializers etc. are noise to users
+    return so
+
+
+def create_session(
+    path: Path,
+    contract: Contract,
+    *,
+    device: str = "cpu",
+    num_threads: int | None = None,
+    tensorrt: bool = False,
+    cuda_graph: bool = False,
+) -> Any:
+    """An InferenceSession for ``path`` whose inputs/outputs match ``contract``."""
+    ort = import_ort()
+    providers = providers_for(ort, device, tensorrt=tensorrt, cuda_graph=cuda_graph)
+    try:
+        sess = ort.InferenceSession(
+            str(path), sess_options=session_options(ort, num_threads), providers=providers
+        )
+    except Exception as e:  # ORT raises its own pybind exception types (InvalidProtobuf, Fail...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(
+            f"{path}: onnxruntime cannot load this model ({first[:300]}); the file is corrupt "
+            "or incomplete: re-export it with `ddpm-export CKPT`"
+        ) from None
+    got = tuple(i.name for i in sess.get_inputs())
+    if got != contract.input_names:
+        raise ArtifactError(
+            f"{path}: graph inputs {got} differ from its contract's {contract.input_names}; "
+            "the file was edited after export: re-export it with `ddpm-export CKPT`"
+        )
+    return sess
