@@ -23,7 +23,12 @@ sample b of a tensor with ``n`` elements per sample uses ``offset = b * n``.
 
 Speed: pure numpy costs about 4-5 ms for 196,608 elements (a 64x3x32x32 batch) on the
 2-core dev VM -- numpy has no 32x32->64-bit multiply, so each Philox multiply is a
-64-bit one. The fused Triton kernel draws the same numbers in-register on the GPU.
+64-bit one. When the optional C extension ``ddpm._philox`` (ddpm/_philox.c, built by
+setup.py when a compiler is present) imports, it computes Philox and the exact part of
+Box-Muller (int -> float, scale, clamp, * 2 pi) and numpy does log / sqrt / cos as before,
+so both paths return bit-identical arrays; :data:`BACKEND` says which one is active
+(benchmarks/bench_noise.py times both). The fused Triton kernel draws the same numbers
+in-register on the GPU.
 """
 
 from __future__ import annotations
@@ -34,6 +39,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from ddpm.errors import ConfigError
+
+try:  # optional compiled core; the numpy code below is the reference and the fallback
+    from ddpm import _philox as _c
+except ImportError:  # not built (no compiler at install time) or hidden
+    _c = None
+
+#: ``"c"`` when ``ddpm._philox`` is in use, ``"numpy"`` for the pure-numpy fallback.
+BACKEND = "c" if _c is not None else "numpy"
 
 #: Largest user seed: the seed is Philox key word k0 (32 bits).
 SEED_MAX = 2**32 - 1
@@ -54,6 +67,8 @@ _TWO_PI = np.float32(6.283185307179586)
 _U_MIN = np.float32(1.0e-7)
 # Elements per chunk: keeps the six uint64 work arrays (~1.5 MiB) in L2 cache.
 _CHUNK = 32768
+# C path chunk: the u2 scratch (128 KiB) is reused and each output slice stays in cache.
+_C_CHUNK = 32768
 
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> int:
@@ -168,6 +183,27 @@ def _box_muller(r0: np.ndarray, r1: np.ndarray) -> np.ndarray:
     return u1
 
 
+def _randn_c(n: int, seed: int, step: int, offset: int) -> np.ndarray:
+    """:func:`randn`'s draw via ``ddpm._philox``: bit-identical to the numpy path.
+
+    The C core fills u1 = max(u(r0), 1e-7) and u2 = u(r1) * 2 pi (integer and correctly
+    rounded float32 steps only); the same numpy log / sqrt / cos calls as
+    :func:`_box_muller` finish each chunk in place.
+    """
+    out = np.empty(n, np.float32)
+    u2 = np.empty(min(n, _C_CHUNK), np.float32)
+    for s in range(0, n, _C_CHUNK):
+        m = min(_C_CHUNK, n - s)
+        u1, v = out[s : s + m], u2[:m]
+        _c.uniform_pair(u1, v, offset + s, m, seed, step)
+        np.log(u1, out=u1)
+        u1 *= np.float32(-2.0)
+        np.sqrt(u1, out=u1)
+        np.cos(v, out=v)
+        u1 *= v
+    return out
+
+
 def _check_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
     dims = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
     for d in dims:
@@ -194,6 +230,8 @@ def randn(
         raise ConfigError(
             f"offset {offset} + {n} elements exceeds the int64 counter range ({OFFSET_MAX})"
         )
+    if _c is not None:
+        return _randn_c(n, seed, step, offset).reshape(dims)
     out = np.empty(n, np.float32)
     # Split where the counter's high word changes so each piece has one counter_hi.
     start = 0

@@ -121,3 +121,95 @@ def test_module_imports_only_numpy() -> None:
             "heavy = {'torch', 'triton', 'scipy', 'onnxruntime'} & set(sys.modules)\n"
             "assert not heavy, heavy")  # fmt: skip
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --- optional compiled core (ddpm/_philox.c): must agree bit-for-bit with the numpy path ---
+
+# (counter start, n): n not a multiple of 8 exercises the C tail loop; three starts cross
+# the counter's 2**32 boundary, one sits just below 2**63.
+C_CASES = [(0, 1), (5, 1003), (2**32 - 37, 300), (7 * 2**32 - 5, 77), (2**63 - 2**33, 513)]
+
+
+def _numpy_words(start: int, n: int, seed: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    r0, r1, k = [], [], start
+    while k < start + n:
+        m = min(start + n, ((k >> 32) + 1) << 32) - k
+        lo = np.arange(k & 0xFFFFFFFF, (k & 0xFFFFFFFF) + m, dtype=np.uint32)
+        a, b = philox_r0_r1(lo, k >> 32, seed, step)
+        r0.append(a)
+        r1.append(b)
+        k += m
+    return np.concatenate(r0), np.concatenate(r1)
+
+
+@pytest.fixture(params=["simd", "portable"])
+def philox_c(request):
+    """ddpm._philox with its AVX2 kernel on (where the CPU has it) or forced off."""
+    c = pytest.importorskip("ddpm._philox")
+    c.simd(request.param == "simd")
+    yield c
+    c.simd(True)
+
+
+def test_backend_reports_whether_the_extension_imports() -> None:
+    import importlib.util
+
+    from ddpm import noise
+
+    has_c = importlib.util.find_spec("ddpm._philox") is not None
+    assert noise.BACKEND == ("c" if has_c else "numpy")
+
+
+def test_c_philox_words_match_numpy(philox_c) -> None:
+    # The Random123 known answer first, then random keys over the counter cases.
+    r0, r1 = np.empty(1, np.uint32), np.empty(1, np.uint32)
+    philox_c.philox(r0, r1, 0, 1, 0, 0)
+    assert (int(r0[0]), int(r1[0])) == (0x6627E8D5, 0xE169C58D)
+    rng = np.random.default_rng(11)
+    for start, n in C_CASES:
+        seed, step = int(rng.integers(2**32)), int(rng.integers(2**31))
+        r0, r1 = np.empty(n, np.uint32), np.empty(n, np.uint32)
+        philox_c.philox(r0, r1, start, n, seed, step)
+        e0, e1 = _numpy_words(start, n, seed, step)
+        np.testing.assert_array_equal(r0, e0)
+        np.testing.assert_array_equal(r1, e1)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), 70_001])  # 70_001 spans several C chunks
+def test_c_and_numpy_randn_are_bit_identical(philox_c, monkeypatch, shape) -> None:
+    from ddpm import noise
+
+    rng = np.random.default_rng(12)
+    keys = [(int(rng.integers(2**32)), int(rng.integers(2**31)), off) for off, _ in C_CASES]
+    keys += [(0, INIT_STEP, 0), (SEED_MAX, STEP_MAX, 2**32 - 100)]
+    monkeypatch.setattr(noise, "_c", philox_c)
+    fast = [noise.randn(shape, seed=s, step=t, offset=o) for s, t, o in keys]
+    monkeypatch.setattr(noise, "_c", None)  # the pure-numpy fallback
+    for (s, t, o), got in zip(keys, fast, strict=True):
+        want = noise.randn(shape, seed=s, step=t, offset=o)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+def test_c_core_validates_buffers_and_keys() -> None:
+    c = pytest.importorskip("ddpm._philox")
+    r = np.empty(4, np.uint32)
+    with pytest.raises(ValueError, match="at least 8"):
+        c.philox(r, r, 0, 8, 0, 0)
+    with pytest.raises(ValueError, match="k0 must be in"):
+        c.philox(r, r, 0, 4, 2**32, 0)
+    with pytest.raises(ValueError, match="exceeds 2\\*\\*64"):
+        c.philox(r, r, 2**64 - 2, 4, 0, 0)
+    with pytest.raises(BufferError):
+        c.philox(b"read-only", r, 0, 1, 0, 0)
+
+
+def test_numpy_fallback_when_the_extension_is_hidden() -> None:
+    code = ("import sys; sys.modules['ddpm._philox'] = None  # import fails like an unbuilt one\n"
+            "from ddpm import noise\n"
+            "assert noise.BACKEND == 'numpy' and noise._c is None\n"
+            "sys.stdout.write(noise.randn(50, seed=3, step=9, offset=2**32 - 25).tobytes().hex())")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
+                         capture_output=True, text=True).stdout  # fmt: skip
+    got = np.frombuffer(bytes.fromhex(out), np.float32)
+    np.testing.assert_array_equal(got, randn(50, seed=3, step=9, offset=2**32 - 25))
