@@ -1,0 +1,57 @@
+"""``ddpm-export``: parse arguments, then call :func:`ddpm.export.export_checkpoint`.
+
+Heavy imports (torch, onnx) happen inside the command, so ``ddpm-export --help`` is instant.
+Exit codes: 0 success, 1 failed validation (parity beyond --atol), 2 bad input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ddpm._cli import friendly_errors
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("ckpt", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: the checkpoint's folder].")
+@click.option("--format", "formats", default="onnx,torchscript", show_default=True,
+              help="Comma list of base formats: onnx, torchscript.")
+@click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset (>= 17).")
+@click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
+              help="Which weights of a ckpt.pt to export.")
+@click.option("--fp16", is_flag=True, help="Also write model_fp16.onnx (fp16 graph, fp32 IO).")
+@click.option("--optimize", is_flag=True,
+              help="Also write model_optimized.onnx (onnxruntime UNet fusions, CPU-safe).")
+@click.option("--with-step", is_flag=True,
+              help="Also write model_step.onnx: one whole sampler step (no Loop/If).")
+@click.option("--step-sampler", type=click.Choice(["ddpm", "ddim"]), default="ddpm",
+              show_default=True, help="Sampler whose coefficient table --with-step embeds.")
+@click.option("--step-count", default=50, show_default=True, type=int,
+              help="Number of inference steps N of the --with-step table.")
+@click.option("--atol", default=1e-4, show_default=True, type=float,
+              help="Max-abs difference allowed vs torch (fp32 graphs).")
+@click.option("--no-validate", is_flag=True, help="Skip the parity validation.")
+@click.option("--triton-repo", type=click.Path(path_type=Path), default=None,
+              help="Also write a Triton Inference Server model repository here.")
+@friendly_errors
+def main(ckpt: Path, out_dir: Path | None, formats: str, opset: int, weights: str, fp16: bool,
+         optimize: bool, with_step: bool, step_sampler: str, step_count: int, atol: float,
+         no_validate: bool, triton_repo: Path | None) -> None:
+    """Export CKPT (a ddpm-train ckpt.pt, a .safetensors file with its config in the header
+    metadata, or a diffusers UNet2DModel folder) to ONNX + TorchScript carrying the artifact
+    contract, validated against torch."""
+    from ddpm.export.core import export_checkpoint
+
+    result = export_checkpoint(
+        ckpt, out_dir, formats=formats, opset=opset, weights=weights, validate=not no_validate,
+        atol=atol, fp16=fp16, optimize=optimize, with_step=with_step, step_sampler=step_sampler,
+        step_count=step_count, triton_repo=triton_repo, log=click.echo,
+    )
+    click.echo(f"done in {result.seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
