@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ddpm._io import atomic_path, check_writable_dir
 from ddpm.artifact import Contract, contract_for
-from ddpm.errors import ConfigError
+from ddpm.errors import BackendError, ConfigError
 from ddpm.export.sources import LoadedModel, load_source
 from ddpm.export.spec import GraphSpec, model_spec
 from ddpm.export.validate import ParityReport
@@ -42,6 +42,18 @@ class ExportResult:
     reports: list[ParityReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def _require_export_dependencies() -> None:
+    """Fail early with the install command rather than with an ImportError mid-export."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BackendError(
+            f"ddpm-export needs {', '.join(missing)}, which is not installed; install "
+            "`pip install \"ddpm-toolkit[export,cpu]\"` (or [export,gpu] on a CUDA machine)"
+        )
 
 
 def versions(opset: int, exporter: str) -> dict[str, str]:
@@ -118,6 +130,7 @@ def export_checkpoint(
     start = time.perf_counter()
     say = log or (lambda _msg: None)
     fmts = parse_formats(formats)
+    _require_export_dependencies()
     opset = graphs.check_opset(opset)
     if atol <= 0:
         raise ConfigError(f"--atol must be > 0, got {atol}")
