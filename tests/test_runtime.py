@@ -1,0 +1,233 @@
+"""ddpm.runtime.Sampler: outputs, determinism, batching, guidance, threads, backend parity.
+
+Models are tiny random-weight presets from conftest (8x8, 1 channel). For the parity tests
+their output layer is scaled by 0.1: a random network is chaotic under the sampler loop
+(float32 rounding differences of 1e-6 between ORT and torch grow ~3x per DDIM step, more
+with guidance), which says nothing about the runtime. A damped random model keeps the
+loop well conditioned, so a plumbing bug (wrong noise, timestep, label or table) still
+shows up as an O(1) difference while rounding stays far below the 1e-3 tolerance.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_checkpoint
+
+from ddpm.errors import ConfigError
+from ddpm.noise import INIT_STEP, randn
+from ddpm.runtime import Sampler
+from ddpm.schedule import step, step_table
+
+PARITY_ATOL = 1e-3  # issue 6: final images in [-1, 1], all CPU backends
+
+
+def _damped_export(root: Path, arch: str, conditional: bool) -> Path:
+    import torch
+
+    from ddpm.export import export_checkpoint
+    from ddpm.models.checkpoint import save_checkpoint
+
+    ckpt = write_checkpoint(root / "ckpt.pt", arch, conditional, seed=1)
+    c = torch.load(ckpt, weights_only=True)
+    for weights in ("ema", "model"):
+        for k in ("conv_out.weight", "conv_out.bias"):
+            c[weights][k] = c[weights][k] * 0.1
+    save_checkpoint(ckpt, c)
+    export_checkpoint(ckpt, validate=False)  # parity below is the validation
+    return root
+
+
+@pytest.fixture(scope="module")
+def damped(tmp_path_factory):
+    """{"uncond": folder, "cond": folder}, each with ckpt.pt, model.onnx and model.ts."""
+    return {
+        "uncond": _damped_export(tmp_path_factory.mktemp("damped-uncond"), "ddpm", False),
+        "cond": _damped_export(tmp_path_factory.mktemp("damped-cond"), "cond", True),
+    }
+
+
+@pytest.fixture(scope="module")
+def cond_sampler(damped) -> Sampler:
+    return Sampler.from_path(damped["cond"] / "model.onnx", num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def uncond_sampler(damped) -> Sampler:
+    return Sampler.from_path(damped["uncond"], num_threads=1)  # a folder finds model.onnx
+
+
+def test_sample_returns_uint8_nhwc_images_and_float_samples(uncond_sampler):
+    r = uncond_sampler.sample(3, steps=5, seed=1)
+    assert r.images.shape == (3, 8, 8, 1) and r.images.dtype == np.uint8
+    assert r.samples.shape == (3, 1, 8, 8) and r.samples.dtype == np.float32
+    assert r.xt is None and r.x0 is None and r.labels is None
+    np.testing.assert_array_equal(r.timesteps, step_table(uncond_sampler.contract.schedule_config, 5).timesteps)
+    assert r.images.std() > 0  # not a constant image
+
+
+def test_loop_matches_schedule_step_with_counter_noise(uncond_sampler):
+    """The runtime loop is exactly: x_T = randn(INIT_STEP), then schedule.step with randn(i)."""
+    be = uncond_sampler._backend
+    table = step_table(uncond_sampler.contract.schedule_config, 4, sampler="ddpm")
+    x = randn((2, 1, 8, 8), seed=7, step=INIT_STEP)
+    for i, t in enumerate(table.timesteps):
+        out = be(x, np.full(2, t, np.int64), None)
+        x, _ = step(table, i, out, x, randn((2, 1, 8, 8), seed=7, step=i))
+    r = uncond_sampler.sample(2, steps=4, seed=7)
+    np.testing.assert_array_equal(r.samples, x)
+
+
+def test_same_seed_same_images_other_seed_differs(uncond_sampler):
+    a = uncond_sampler.sample(2, steps=5, seed=3)
+    b = uncond_sampler.sample(2, steps=5, seed=3)
+    c = uncond_sampler.sample(2, steps=5, seed=4)
+    np.testing.assert_array_equal(a.samples, b.samples)
+    assert np.abs(a.samples - c.samples).max() > 0.1
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_batch_size_does_not_change_images(cond_sampler, sampler):
+    kw = dict(steps=6, sampler=sampler, eta=0.5 if sampler == "ddim" else 0.0, seed=2, guidance=2.0)
+    whole = cond_sampler.sample(5, batch_size=5, **kw)
+    for bs in (1, 2, 3):
+        np.testing.assert_array_equal(cond_sampler.sample(5, batch_size=bs, **kw).samples, whole.samples)
+
+
+def test_first_samples_do_not_depend_on_n(uncond_sampler):
+    """Noise offsets are global sample indices: sample k is the same in a run of 2 or of 5."""
+    np.testing.assert_array_equal(
+        uncond_sampler.sample(2, steps=4, seed=9).samples,
+        uncond_sampler.sample(5, steps=4, seed=9, batch_size=2).samples[:2],
+    )
+
+
+def test_labels_default_cycle_through_classes(cond_sampler):
+    r = cond_sampler.sample(7, steps=2)
+    np.testing.assert_array_equal(r.labels, [0, 1, 2, 0, 1, 2, 0])
+    one = cond_sampler.sample(3, steps=2, labels=2)
+    np.testing.assert_array_equal(one.labels, [2, 2, 2])
+    per = cond_sampler.sample(3, steps=2, labels=[1, 0, 1])
+    np.testing.assert_array_equal(per.labels, [1, 0, 1])
+    assert np.abs(one.samples - per.samples).max() > 0  # the label reaches the model
+
+
+@pytest.mark.parametrize("w", [0.0, 2.5])
+def test_guidance_combines_cond_and_null_outputs(cond_sampler, w):
+    """One DDIM step (no noise): x0 must come from out_u + w * (out_c - out_u)."""
+    c = cond_sampler.contract
+    be = cond_sampler._backend
+    table = step_table(c.schedule_config, 1, sampler="ddim")
+    x = randn((2, 1, 8, 8), seed=5, step=INIT_STEP)
+    t = np.full(2, table.timesteps[0], np.int64)
+    y = np.array([1, 2])
+    out_c = be(x, t, y)
+    out_u = be(x, t, np.full(2, c.null_label))
+    assert np.abs(out_c - out_u).max() > 1e-3  # the label matters, so the test can fail
+    want, _ = step(table, 0, out_u + np.float32(w) * (out_c - out_u), x, None)
+    got = cond_sampler.sample(2, steps=1, sampler="ddim", seed=5, labels=[1, 2], guidance=w)
+    np.testing.assert_allclose(got.samples, want, atol=1e-6)
+
+
+def test_guidance_one_is_the_plain_conditional_call(cond_sampler):
+    calls = []
+    be = cond_sampler._backend
+
+    class Spy:
+        contract, name, device = be.contract, be.name, be.device
+
+        def __call__(self, x, t, y):
+            calls.append(x.shape[0])
+            return be(x, t, y)
+
+    Sampler(Spy()).sample(3, steps=2, guidance=1.0)
+    Sampler(Spy()).sample(3, steps=2, guidance=2.0)
+    assert calls == [3, 3, 6, 6]  # w=1: B per call; w!=1: cond + uncond batched as 2B
+
+
+def test_trajectory_records_xt_and_x0_per_step(cond_sampler):
+    r = cond_sampler.sample(3, steps=4, seed=1, batch_size=2, trajectory=True)
+    assert r.xt.shape == r.x0.shape == (4, 3, 1, 8, 8)
+    np.testing.assert_array_equal(r.xt[0], randn((3, 1, 8, 8), seed=1, step=INIT_STEP))
+    np.testing.assert_allclose(r.x0[-1], r.samples, atol=1e-6)  # last DDPM step lands on x̂0
+    progress = []
+    cond_sampler.sample(3, steps=4, batch_size=2, progress=lambda d, t: progress.append((d, t)))
+    assert progress == [(k, 8) for k in range(1, 9)]  # 2 batches x 4 steps
+
+
+def test_eight_threads_match_serial_calls(cond_sampler):
+    kws = [dict(seed=s, labels=s % 3, sampler=("ddpm", "ddim")[s % 2], guidance=1.0 + s / 4) for s in range(8)]
+    serial = [cond_sampler.sample(4, steps=5, batch_size=2, **kw).samples for kw in kws]
+    got: list = [None] * 8
+    barrier = threading.Barrier(8)
+
+    def work(k: int) -> None:
+        barrier.wait()  # start together so the calls really overlap
+        got[k] = cond_sampler.sample(4, steps=5, batch_size=2, **kws[k]).samples
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for k in range(8):
+        np.testing.assert_array_equal(got[k], serial[k])
+
+
+@pytest.mark.parametrize(
+    "kind, steps, guidance",
+    [("uncond", 50, 1.0), ("cond", 50, 1.0), ("cond", 10, 3.0)],
+)
+def test_ort_torchscript_torch_agree(damped, kind, steps, guidance):
+    """Same seed/steps: final images from the three CPU backends within 1e-3, DDPM and DDIM."""
+    ref = Sampler.from_path(damped[kind], "torch", num_threads=1)
+    others = [
+        Sampler.from_path(damped[kind], "ort", num_threads=1),
+        Sampler.from_path(damped[kind], "torchscript", num_threads=1),
+    ]
+    assert ref.contract.schedule_config == others[0].contract.schedule_config
+    g = {"guidance": guidance} if ref.contract.conditional else {}
+    for sampler in ("ddpm", "ddim"):
+        want = ref.sample(4, steps=steps, sampler=sampler, seed=11, **g).samples
+        assert np.abs(want).max() <= 1.0 + 1e-6 and want.std() > 0.05
+        for s in others:
+            got = s.sample(4, steps=steps, sampler=sampler, seed=11, **g).samples
+            err = float(np.abs(got - want).max())
+            assert err <= PARITY_ATOL, f"{s.backend} vs torch, {sampler}: max abs diff {err:.2e}"
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(n=0), "-n 1 or more"),
+        (dict(steps=0), r"--steps in 1\.\.1000"),
+        (dict(steps=1001), r"--steps in 1\.\.1000"),
+        (dict(sampler="euler"), "ddpm or ddim"),
+        (dict(eta=0.5), "only to --sampler ddim"),
+        (dict(labels=3), r"--label in 0\.\.2"),
+        (dict(labels=[0, 1]), "one per sample"),
+        (dict(guidance=-1.0), "guidance"),
+        (dict(seed=-1), "--seed"),
+        (dict(batch_size=0), "--batch-size"),
+    ],
+)
+def test_bad_requests_raise_config_error_before_any_model_call(cond_sampler, kw, match):
+    class Boom:
+        contract, name, device = cond_sampler.contract, "ort", "cpu"
+
+        def __call__(self, *a):
+            raise AssertionError("the model was called before validation finished")
+
+    args = {"n": 3, **kw}
+    with pytest.raises(ConfigError, match=match):
+        Sampler(Boom()).sample(args.pop("n"), **args)
+
+
+def test_unconditional_model_refuses_labels_and_guidance(uncond_sampler):
+    with pytest.raises(ConfigError, match="drop --label"):
+        uncond_sampler.sample(2, labels=0)
+    with pytest.raises(ConfigError, match="drop --guidance"):
+        uncond_sampler.sample(2, guidance=3.0)
