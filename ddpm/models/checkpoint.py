@@ -1,0 +1,160 @@
+"""Checkpoint I/O: the ``ckpt.pt`` that ``ddpm-train`` writes and export / runtime read.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts -- no custom
+classes -- so ``torch.load(path, weights_only=True)`` can read it and refuses anything that
+would run code on load. It carries the model config and schedule, so a model can be rebuilt
+from the file alone. Keys::
+
+    format="ddpm-toolkit/ckpt", format_version=1, arch, model_config, schedule, data,
+    ema, model, optimizer, step, rng, train_args, losses, versions
+
+Lives in ``ddpm.models`` (not ``ddpm.training``) because export and the runtime's torch
+backend load checkpoints and must not import the trainer.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+from ddpm._io import atomic_path
+from ddpm.errors import CheckpointError, ConfigError, OutputError
+from ddpm.schedule import ScheduleConfig
+
+FORMAT = "ddpm-toolkit/ckpt"
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("arch", "model_config", "schedule", "data", "ema", "model", "step")
+WEIGHTS = ("ema", "model")
+
+
+def _not_loadable(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"{str(path)!r} is not a readable ddpm checkpoint ({why}); "
+        "pass the ckpt.pt written by ddpm-train (re-run training if the file was cut short)"
+    )
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a ``ckpt.pt`` on CPU with ``weights_only=True``.
+
+    Raises CheckpointError naming the file and the fix for a missing, truncated, foreign or
+    unsafe file, a wrong format tag, a newer format version or an unknown arch.
+    """
+    import torch  # heavy; keep `import ddpm.models.checkpoint` cheap for CLIs' --help
+
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} not found; pass the ckpt.pt written by ddpm-train"
+        )
+    if p.is_dir():
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is a folder; pass the ckpt.pt file inside it"
+        )
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses globals it does not allow-list: the pickle wants to
+        # construct arbitrary objects (or run code). Never fall back to a full unpickle.
+        if _looks_pickled(p) and "weights only" in str(e).lower():
+            raise CheckpointError(
+                f"{str(p)!r} is not a safe ddpm checkpoint: it contains pickled objects that "
+                "weights_only loading refuses (it could run code); only load checkpoints "
+                "written by ddpm-train"
+            ) from None
+        raise _not_loadable(p, f"unpickling failed: {_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 -- garbage bytes fail in many ways (KeyError, EOFError, ...)
+        raise _not_loadable(p, f"{type(e).__name__}: {_first_line(e)}") from None
+    return validate_checkpoint(ckpt, p)
+
+
+def _looks_pickled(path: Path) -> bool:
+    """A torch zip archive or a raw pickle (protocol >= 2 opens with 0x80), not random bytes
+    that the unpickler happened to read as an opcode it refuses."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def validate_checkpoint(ckpt: Any, path: str | os.PathLike = "<checkpoint>") -> dict[str, Any]:
+    """Check the format tag, version, required keys and arch of a loaded checkpoint dict."""
+    from ddpm.models.registry import archs
+
+    name = repr(str(path))
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(
+            f"{name} is not a ddpm-toolkit checkpoint (format tag {found!r}, expected "
+            f"{FORMAT!r}); pass the ckpt.pt written by ddpm-train"
+        )
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{name} has checkpoint format_version {version!r}; this ddpm reads version "
+            f"<= {FORMAT_VERSION}; upgrade ddpm-toolkit"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{name} lacks checkpoint key(s) {missing}; it is incomplete, re-run ddpm-train"
+        )
+    known = archs()
+    if ckpt["arch"] not in known:
+        raise CheckpointError(
+            f"{name} was trained with arch {ckpt['arch']!r}, which this ddpm does not know "
+            f"(known: {', '.join(known)}); upgrade ddpm-toolkit or retrain"
+        )
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], weights: str = "ema"):
+    """Rebuild the model from the checkpoint's stored arch + config alone.
+
+    Returns ``(model in eval mode on CPU, ScheduleConfig)``. ``weights`` picks the EMA
+    weights (default; what sample grids and export use) or the raw training weights.
+    """
+    from ddpm.models.registry import build, config_from_dict
+
+    if weights not in WEIGHTS:
+        raise ConfigError(f"unknown weights {weights!r}; expected one of {', '.join(WEIGHTS)}")
+    ckpt = validate_checkpoint(ckpt)
+    config = config_from_dict(ckpt["arch"], dict(ckpt["model_config"]))
+    model = build(ckpt["arch"], config)
+    state = ckpt.get(weights)
+    if not state:
+        raise CheckpointError(
+            f"checkpoint has no {weights!r} weights; pass weights='model' or retrain"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"checkpoint {weights!r} weights do not fit arch {ckpt['arch']!r} with its stored "
+            f"config ({_first_line(e)}); the file is inconsistent, retrain"
+        ) from None
+    model.eval()
+    return model, ScheduleConfig.from_dict(dict(ckpt["schedule"]))
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
+    """Write ``ckpt`` atomically (temp file in the same folder + os.replace)."""
+    import torch
+
+    if ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"refusing to save a dict without format tag {FORMAT!r}")
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(ckpt, tmp)
+    except OSError as e:
+        raise OutputError(
+            f"cannot write checkpoint {str(path)!r}: {e.strerror or e}; "
+            "free disk space or choose a writable --out"
+        ) from None
+    return Path(path)

@@ -1,0 +1,173 @@
+"""Everything a run needs, validated before the first step.
+
+Bad input (unknown dataset or arch, an image size the UNet cannot downsample, an unwritable
+``--out``, a broken ``--resume`` file, missing data) must fail here with one DDPMError, so a
+run that starts training is one that can finish writing its outputs, and nothing is left
+half-written. Torch and OS errors are converted at this boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ddpm._io import check_writable_dir
+from ddpm.errors import CheckpointError, ConfigError, DDPMError
+from ddpm.schedule import ScheduleConfig, q_sample_coefficients
+from ddpm.training import ddp
+from ddpm.training.config import TrainConfig, resume_config
+from ddpm.training.datasets import ImageDataset, load_dataset
+from ddpm.training.ema import EMA
+from ddpm.training.state import restore_rng, seed_everything
+
+
+@dataclass
+class Prepared:
+    config: TrainConfig
+    dist: ddp.DistInfo
+    data: ImageDataset
+    num_classes: int  # 0 for an unconditional run
+    model: nn.Module
+    model_config: Any
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    schedule: ScheduleConfig
+    q_coefficients: tuple[np.ndarray, np.ndarray]
+    start_step: int = 0
+    losses: list[float] = dataclasses.field(default_factory=list)
+
+
+def prepare(
+    config: TrainConfig, *, resume: str | os.PathLike | None = None, explicit: Collection[str] = ()
+) -> Prepared:
+    ckpt = None
+    if resume is not None:
+        ckpt = _load_resume(resume)
+        config = resume_config(ckpt["train_args"], config, explicit)
+        if "out" not in explicit:  # continue in the folder the checkpoint lives in
+            config = dataclasses.replace(config, out=str(Path(resume).parent))
+        if config.steps <= ckpt["step"]:
+            raise ConfigError(
+                f"{str(resume)!r} is already at step {ckpt['step']}; pass --steps larger than that"
+            )
+    config.validate()
+    schedule = config.schedule()
+    from ddpm.models.registry import archs
+
+    if config.arch not in archs():  # fail before loading any data
+        raise ConfigError(f"unknown arch {config.arch!r}; expected one of {', '.join(archs())}")
+    dist = ddp.setup(config.device)
+    if config.batch_size % dist.world_size:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
+            f"{dist.world_size} torchrun processes; pass a multiple of {dist.world_size}"
+        )
+
+    data = load_dataset(config.dataset, image_size=config.image_size,
+                        data_root=config.data_root, download=config.download)
+    num_classes = data.num_classes if config.conditional else 0
+    if config.conditional and num_classes == 0:
+        raise ConfigError(
+            f"--conditional needs class labels but dataset {config.dataset!r} has none; put the "
+            "images in one sub-folder per class or drop --conditional"
+        )
+
+    seed_everything(config.seed)  # before building: same seed -> same init on every rank
+    model, model_config = _build_model(config, data.channels, num_classes, ckpt)
+    _check_forward(model, config, data.channels, num_classes)
+    model.to(dist.device)
+    data.images, data.labels = data.images.to(dist.device), data.labels.to(dist.device)
+    ema = EMA(model, decay=config.ema_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    run = Prepared(config, dist, data, num_classes, model, model_config, ema, optimizer,
+                   schedule, q_sample_coefficients(schedule))
+    if ckpt is not None:
+        _restore(run, ckpt, resume)
+    check_writable_dir(config.out, what="training outputs (--out)")
+    return run
+
+
+def _load_resume(path: str | os.PathLike) -> dict:
+    from ddpm.models.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("train_args", "optimizer", "rng", "losses") if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{str(path)!r} lacks {missing}, so training cannot resume from it; start a fresh "
+            "run without --resume"
+        )
+    return ckpt
+
+
+def _build_model(config: TrainConfig, channels: int, num_classes: int, ckpt: dict | None):
+    from ddpm.models.registry import build, config_from_dict
+
+    try:
+        if ckpt is not None:
+            model_config = config_from_dict(config.arch, dict(ckpt["model_config"]))
+        else:
+            base = {"in_channels": channels, "out_channels": channels,
+                    "image_size": config.image_size, "num_classes": num_classes}
+            model_config = config_from_dict(config.arch, {**base, **config.model_config})
+        model = build(config.arch, model_config)
+    except DDPMError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(
+            f"cannot build arch {config.arch!r} with --model-config {config.model_config}: {e}; "
+            "check the field names and values"
+        ) from None
+    return model, model_config
+
+
+def _check_forward(model: nn.Module, config: TrainConfig, channels: int, num_classes: int) -> None:
+    """One tiny eval-mode forward pass (no RNG used): catches sizes the UNet cannot handle."""
+    s = config.image_size
+    x = torch.zeros(2, channels, s, s)
+    t = torch.zeros(2, dtype=torch.long)
+    y = torch.zeros(2, dtype=torch.long) if num_classes else None
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x, t, y)
+    except DDPMError:
+        raise
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(
+            f"arch {config.arch!r} cannot process {s}x{s} images ({str(e).splitlines()[0]}); "
+            "pass an --image-size the UNet can halve at every level, e.g. 16 or 32"
+        ) from None
+    finally:
+        model.train()
+    if tuple(out.shape) != tuple(x.shape):
+        raise ConfigError(
+            f"arch {config.arch!r} maps {tuple(x.shape)} images to {tuple(out.shape)}; pass an "
+            "--image-size the UNet can halve at every level, e.g. 16 or 32"
+        )
+
+
+def _restore(run: Prepared, ckpt: dict, path: str | os.PathLike) -> None:
+    step = int(ckpt["step"])
+    try:
+        run.model.load_state_dict(ckpt["model"], strict=True)
+        run.ema.load_state_dict(ckpt["ema"], num_updates=step)  # one EMA update per step
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        restore_rng(ckpt["rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(
+            f"cannot resume from {str(path)!r}: its state does not fit the rebuilt model "
+            f"({str(e).splitlines()[0]}); start a fresh run without --resume"
+        ) from None
+    run.start_step = step
+    run.losses = [float(v) for v in ckpt["losses"]]
