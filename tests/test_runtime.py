@@ -207,7 +207,7 @@ def test_ort_torchscript_torch_agree(damped, kind, steps, guidance):
         (dict(steps=1001), r"--steps in 1\.\.1000"),
         (dict(sampler="euler"), "ddpm or ddim"),
         (dict(eta=0.5), "only to --sampler ddim"),
-        (dict(labels=3), r"--label in 0\.\.2"),
+        (dict(labels=4), r"--label in 0\.\.2"),
         (dict(labels=[0, 1]), "one per sample"),
         (dict(guidance=-1.0), "guidance"),
         (dict(seed=-1), "--seed"),
@@ -231,3 +231,13 @@ def test_unconditional_model_refuses_labels_and_guidance(uncond_sampler):
         uncond_sampler.sample(2, labels=0)
     with pytest.raises(ConfigError, match="drop --guidance"):
         uncond_sampler.sample(2, guidance=3.0)
+
+
+def test_null_label_gives_unconditional_samples_that_guidance_cannot_change(cond_sampler):
+    k = cond_sampler.contract.num_classes
+    plain = cond_sampler.sample(3, steps=5, seed=4, labels=k).samples
+    guided = cond_sampler.sample(3, steps=5, seed=4, labels=k, guidance=3.0).samples
+    # CFG with the null label on both sides is out_u + w*(out_u - out_u) = out_u.
+    np.testing.assert_allclose(guided, plain, atol=1e-6)
+    labelled = cond_sampler.sample(3, steps=5, seed=4, labels=0).samples
+    assert np.abs(labelled - plain).max() > 1e-4

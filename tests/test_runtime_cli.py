@@ -88,7 +88,7 @@ def _case(models, broken, tmp_path, name):
         "steps_gt_T": (["--model", m["uncond"], "--steps", 1001], r"--steps in 1..1000"),
         "steps_not_int": (["--model", m["uncond"], "--steps", "ten"], "'ten' is not a valid integer"),
         "n0": (["--model", m["uncond"], "-n", 0], "-n 1 or more"),
-        "label_out_of_range": (["--model", m["cond"], "--label", 3], "--label in 0..2"),
+        "label_out_of_range": (["--model", m["cond"], "--label", 4], "--label in 0..2"),
         "label_negative": (["--model", m["cond"], "--label", -1], "--label in 0..2"),
         "label_on_uncond": (["--model", m["uncond"], "--label", 0], "unconditional"),
         "guidance_on_uncond": (["--model", m["uncond"], "--guidance", 2], "drop --guidance"),

@@ -53,7 +53,10 @@ def _int(name: str, value: object, lo: int, hi: int | None, fix: str) -> int:
 
 
 def resolve_labels(contract: Contract, n: int, labels: int | Sequence[int] | None) -> np.ndarray | None:
-    """Per-sample int64 labels; None on a conditional model cycles 0..K-1 over the samples."""
+    """Per-sample int64 labels; None on a conditional model cycles 0..K-1 over the samples.
+
+    Label K (the contract's null label) asks a conditional model for unconditional samples.
+    """
     k = contract.num_classes
     if not contract.conditional:
         if labels is not None:
@@ -76,11 +79,11 @@ def resolve_labels(contract: Contract, n: int, labels: int | Sequence[int] | Non
                 f"labels must be one integer or {n} integers (one per sample), got {labels!r}"
             )
         arr = arr.astype(np.int64)
-    bad = arr[(arr < 0) | (arr >= k)]
+    bad = arr[(arr < 0) | (arr > k)]
     if bad.size:
         raise ConfigError(
             f"label {int(bad[0])} is out of range: this model has {k} classes; "
-            f"pass --label in 0..{k - 1}"
+            f"pass --label in 0..{k - 1} (or {k}, the null label, for unconditional samples)"
         )
     return arr
 
