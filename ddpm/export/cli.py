@@ -25,6 +25,8 @@ from ddpm._cli import friendly_errors
 @click.option("--fp16", is_flag=True, help="Also write model_fp16.onnx (fp16 graph, fp32 IO).")
 @click.option("--optimize", is_flag=True,
               help="Also write model_optimized.onnx (onnxruntime UNet fusions, CPU-safe).")
+@click.option("--int8", is_flag=True,
+              help="Also write model_int8.onnx (static QDQ int8 convs, calibrated on the training data; CPU).")
 @click.option("--with-step", is_flag=True,
               help="Also write model_step.onnx: one whole sampler step (no Loop/If).")
 @click.option("--step-sampler", type=click.Choice(["ddpm", "ddim"]), default="ddpm",
@@ -38,7 +40,7 @@ from ddpm._cli import friendly_errors
               help="Also write a Triton Inference Server model repository here.")
 @friendly_errors
 def main(ckpt: Path, out_dir: Path | None, formats: str, opset: int, weights: str, fp16: bool,
-         optimize: bool, with_step: bool, step_sampler: str, step_count: int, atol: float,
+         optimize: bool, int8: bool, with_step: bool, step_sampler: str, step_count: int, atol: float,
          no_validate: bool, triton_repo: Path | None) -> None:
     """Export CKPT (a ddpm-train ckpt.pt, a .safetensors file with its config in the header
     metadata, or a diffusers UNet2DModel folder) to ONNX + TorchScript carrying the artifact
@@ -47,7 +49,7 @@ def main(ckpt: Path, out_dir: Path | None, formats: str, opset: int, weights: st
 
     result = export_checkpoint(
         ckpt, out_dir, formats=formats, opset=opset, weights=weights, validate=not no_validate,
-        atol=atol, fp16=fp16, optimize=optimize, with_step=with_step, step_sampler=step_sampler,
+        atol=atol, fp16=fp16, optimize=optimize, int8=int8, with_step=with_step, step_sampler=step_sampler,
         step_count=step_count, triton_repo=triton_repo, log=click.echo,
     )
     click.echo(f"done in {result.seconds:.1f} s")

@@ -29,6 +29,7 @@ FILENAMES = {
     "fp16": "model_fp16.onnx",
     "optimized": "model_optimized.onnx",
     "step": "model_step.onnx",
+    "int8": "model_int8.onnx",
 }
 DEFAULT_ATOL = 1e-4
 
@@ -112,6 +113,7 @@ def export_checkpoint(
     atol: float = DEFAULT_ATOL,
     fp16: bool = False,
     optimize: bool = False,
+    int8: bool = False,
     with_step: bool = False,
     step_sampler: str = "ddpm",
     step_count: int = 50,
@@ -120,8 +122,9 @@ def export_checkpoint(
 ) -> ExportResult:
     """Export ``ckpt_path`` to ``out_dir`` (default: its folder); see the module docstring.
 
-    ``formats`` picks the base graphs; ``fp16`` / ``optimize`` / ``with_step`` add ONNX
-    variants (they need "onnx" in ``formats``); ``triton_repo`` writes a Triton Inference
+    ``formats`` picks the base graphs; ``fp16`` / ``optimize`` / ``int8`` / ``with_step`` add
+    ONNX variants (they need "onnx" in ``formats``; ``int8`` quantises the optimized graph's
+    convolutions); ``triton_repo`` writes a Triton Inference
     Server model repository there. Raises a ``ddpm.errors`` exception on any bad input, and
     ``AtolError`` / ``ShapeError`` (exit 1) when validation fails.
     """
@@ -134,8 +137,8 @@ def export_checkpoint(
     opset = graphs.check_opset(opset)
     if atol <= 0:
         raise ConfigError(f"--atol must be > 0, got {atol}")
-    if (fp16 or optimize or with_step or triton_repo) and "onnx" not in fmts:
-        raise ConfigError("--fp16/--optimize/--with-step/--triton-repo need the onnx format; add onnx to --format")
+    if (fp16 or optimize or int8 or with_step or triton_repo) and "onnx" not in fmts:
+        raise ConfigError("--fp16/--optimize/--int8/--with-step/--triton-repo need the onnx format; add onnx to --format")
     src = Path(ckpt_path)
     loaded = load_source(src, weights=weights)
     out = Path(out_dir) if out_dir is not None else (src if src.is_dir() else src.parent)
@@ -151,7 +154,7 @@ def export_checkpoint(
     result = ExportResult(paths={}, contract=contract, notes=list(loaded.notes))
 
     kinds = [k for k in FORMATS if k in fmts]
-    kinds += [k for k, on in (("fp16", fp16), ("optimized", optimize), ("step", with_step)) if on]
+    kinds += [k for k, on in (("fp16", fp16), ("optimized", optimize), ("step", with_step), ("int8", int8)) if on]
     with contextlib.ExitStack() as stack:
         tmp = {k: stack.enter_context(atomic_path(out / FILENAMES[k])) for k in kinds}
         if "onnx" in tmp:
@@ -167,6 +170,8 @@ def export_checkpoint(
             rep.raise_if_failed("validation of the fp32 export")
         _variants(result, loaded, module, spec, tmp, vers, say, validate=validate,
                   step_sampler=step_sampler, step_count=step_count)
+        if "int8" in tmp:
+            _int8(result, src, loaded, module, spec, tmp, say, validate=validate)
         if triton_repo is not None:
             from ddpm.export.triton_repo import write_triton_repo
 
@@ -218,3 +223,24 @@ def _variants(result: ExportResult, loaded, module, spec, tmp, vers, say, *, val
                           num_steps=step_count, validate=validate, say=say)
         if rep is not None:
             result.reports.append(rep)
+
+
+def _int8(result: ExportResult, src: Path, loaded, module, spec, tmp, say, *, validate: bool) -> None:
+    """model_int8.onnx: QDQ int8 convs on top of the CPU-optimized graph (attention fused)."""
+    from ddpm.export.quantize import dataset_name, export_int8
+
+    base = tmp.get("optimized")
+    if base is None:
+        from ddpm.export.graphs import finish_onnx
+        from ddpm.export.optimize import optimize_graph
+
+        base = tmp["int8"].with_name(tmp["int8"].name + ".fused.onnx")
+        finish_onnx(optimize_graph(tmp["onnx"], "cpu"), base, result.contract)
+    try:
+        rep = export_int8(base, tmp["int8"], loaded, module, spec, dataset=dataset_name(src),
+                          validate=validate, say=say)
+    finally:
+        if base is not tmp.get("optimized"):
+            base.unlink(missing_ok=True)
+    if rep is not None:
+        result.reports.append(rep)

@@ -5,7 +5,9 @@ into ``com.microsoft`` contrib ops. Several of those ops have CUDA kernels only;
 containing them does not even load on the CPU EP. :data:`CUDA_ONLY_FUSIONS` lists the
 FusionOptions switches whose products are CUDA-only (per ORT's contrib-op kernel registry);
 for ``target="cpu"`` (the default) they are off, and the result is proven loadable and
-validated against torch on CPU like the plain graph. ``target="cuda"`` keeps every fusion;
+validated against torch on CPU like the plain graph. On top of those,
+:class:`ddpm.export.fuse_attention.FuseSdpaAttention` turns the exporter's decomposed
+attention into ``MultiHeadAttention`` (CPU and CUDA kernels), which they do not match. ``target="cuda"`` keeps every fusion;
 such a graph is validated only where a CUDA EP is present.
 """
 
@@ -15,6 +17,7 @@ import os
 from collections.abc import Callable
 
 from ddpm.errors import BackendError, ConfigError
+from ddpm.export.fuse_attention import FuseSdpaAttention
 from ddpm.export.validate import ParityReport, compare, model_batches, onnx_runner, torch_runner
 
 TARGETS = ("cpu", "cuda")
@@ -57,7 +60,8 @@ def optimize_graph(model_path: str | os.PathLike, target: str = "cpu"):
             model, model_type="unet", optimization_options=fusion_options(target), opt_level=0,
             use_gpu=target == "cuda",
         )
-    return optimized.model
+    # The transformers fusions miss the exporter's SDPA decomposition; ours has CPU kernels.
+    return FuseSdpaAttention(optimized.model).apply()
 
 
 def export_optimized(

@@ -29,13 +29,31 @@ BACKENDS = ("ort", "torchscript", "torch")
 DEVICES = ("cpu", "cuda")
 #: File looked for when a backend is given a folder (what ddpm-export / ddpm-train write).
 DEFAULT_FILES = {"ort": "model.onnx", "torchscript": "model.ts", "torch": "ckpt.pt"}
+#: ``precision`` -> suffix of the ONNX file holding that graph (ddpm-export --int8 writes it).
+PRECISIONS = {"fp32": "", "int8": "_int8"}
 
 
-def resolve_file(path: str | Path, backend: str) -> Path:
-    """``path`` itself, or the backend's default file inside the folder ``path``."""
+def resolve_file(path: str | Path, backend: str, precision: str = "fp32") -> Path:
+    """``path`` itself, or the backend's default file inside the folder ``path``.
+
+    ``precision="int8"`` (ORT only) maps ``model.onnx`` / a folder to ``model_int8.onnx``
+    (and the bundled ``digits.onnx`` to ``digits_int8.onnx``) unless the name already says int8.
+    """
+    if precision not in PRECISIONS:
+        raise BackendError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision != "fp32" and backend != "ort":
+        raise BackendError(f"--precision {precision} needs --backend ort (a quantised ONNX graph)")
     p = Path(path)
     if p.is_dir():
         p = p / DEFAULT_FILES[backend]
+    suffix = PRECISIONS[precision]
+    if suffix and not p.stem.endswith(suffix):
+        p = p.with_name(f"{p.stem}{suffix}{p.suffix}")
+        if not p.is_file():
+            raise ArtifactError(
+                f"{precision} model {str(p)!r} not found; write it with `ddpm-export CKPT --int8` "
+                "or drop --precision"
+            )
     if not p.is_file():
         raise ArtifactError(
             f"model file {str(p)!r} not found; pass the {DEFAULT_FILES[backend]} written by "
@@ -188,9 +206,9 @@ def load_backend(path: str | Path, backend: str, device: str, **kw: Any):
         raise BackendError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if device not in DEVICES:
         raise BackendError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
-    p = resolve_file(path, backend)
+    p = resolve_file(path, backend, kw.get("precision", "fp32"))
     if backend == "ort":
-        ort_kw = {k: v for k, v in kw.items() if k in ("num_threads", "tensorrt", "cuda_graph")}
+        ort_kw = {k: v for k, v in kw.items() if k in ("num_threads", "tensorrt", "cuda_graph", "spin")}
         if device == "cuda":
             from ddpm.runtime.cuda_loop import OrtCudaBackend
 

@@ -62,18 +62,20 @@ def check_output(path: str | None, what: str) -> Path | None:
 @click.option("-n", "n", default=16, show_default=True, type=int, help="Number of images.")
 @click.option("--batch-size", default=None, type=int, help="Images per model call (default 64); does not change the images.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Noise seed (0..2**32-1).")
-@click.option("--label", default=None, type=int, help="Class for all images (conditional models). Default: labels 0..K-1 cycling.")
+@click.option("--label", default=None, type=int, help="Class for all images (conditional models; K = the null label gives unconditional samples). Default: labels 0..K-1 cycling.")
 @click.option("--guidance", default=None, type=float, help=f"Classifier-free guidance scale (conditional models; default {DEFAULT_GUIDANCE}).")
 @click.option("--out", default="samples.png", show_default=True, help="PNG grid to write.")
 @click.option("--npz", default=None, help="Also write float samples (and labels) as .npz.")
 @click.option("--trajectory", default=None, help="Also write the denoising strip (x_t and x0 every few steps) as PNG.")
+@click.option("--precision", default="fp32", show_default=True, help="fp32 | int8 (ort: the model_int8.onnx written by ddpm-export --int8).")
+@click.option("--spin", is_flag=True, help="ort CPU: let idle pool threads spin-wait (faster only on an idle machine).")
 @click.option("--threads", default=None, type=int, help="CPU threads for ONNX Runtime (default: physical cores).")
 @click.option("--tensorrt", is_flag=True, help="ort + cuda: try the TensorRT EP first (opt-in).")
 @click.option("--cuda-graph", is_flag=True, help="ort + cuda: capture the model run as a CUDA graph.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 @friendly_errors
 def main(model, steps, sampler, eta, backend, device, n, batch_size, seed, label, guidance,
-         out, npz, trajectory, threads, tensorrt, cuda_graph, progress) -> None:
+         out, npz, trajectory, precision, spin, threads, tensorrt, cuda_graph, progress) -> None:
     """Sample images from an exported DDPM model and write them as a PNG grid."""
     from ddpm.runtime.sampler import Sampler
 
@@ -84,7 +86,8 @@ def main(model, steps, sampler, eta, backend, device, n, batch_size, seed, label
     if len(set(given)) != len(given):
         raise OutputError("--out, --npz and --trajectory must be different files")
 
-    s = Sampler.from_path(model, backend, device, num_threads=threads, tensorrt=tensorrt, cuda_graph=cuda_graph)
+    s = Sampler.from_path(model, backend, device, num_threads=threads, tensorrt=tensorrt, cuda_graph=cuda_graph,
+                           precision=precision, spin=spin)
     if guidance is None:
         guidance = DEFAULT_GUIDANCE if s.contract.conditional else 1.0
     plan = s.plan(n, steps=steps, sampler=sampler, eta=eta, seed=seed, labels=label,

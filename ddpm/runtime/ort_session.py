@@ -8,7 +8,10 @@ messages instead of tracebacks from inside the C++ extension.
 CPU sessions are tuned for sampling: a diffusion loop calls the same fixed-shape graph
 hundreds of times, so we want all graph optimisations, one intra-op pool sized to the
 physical cores (SMT siblings only add contention for conv kernels) and sequential execution
-(a UNet graph has little inter-op parallelism to exploit).
+(a UNet graph has little inter-op parallelism to exploit). Pool threads do not spin-wait
+between ops unless asked (``spin=True``): on a machine shared with another busy process a
+spinning pool steals the cycles its own peer needs, which measured 1.4x slower per UNet call
+here (2 cores, one busy), while an idle machine gains only a few percent from spinning.
 """
 
 from __future__ import annotations
@@ -106,8 +109,10 @@ def providers_for(ort: Any, device: str, *, tensorrt: bool = False, cuda_graph: 
     return providers
 
 
-def session_options(ort: Any, num_threads: int | None = None) -> Any:
+def session_options(ort: Any, num_threads: int | None = None, spin: bool = False) -> Any:
     so = ort.SessionOptions()
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = int(num_threads or physical_cores())
@@ -124,13 +129,14 @@ def create_session(
     num_threads: int | None = None,
     tensorrt: bool = False,
     cuda_graph: bool = False,
+    spin: bool = False,
 ) -> Any:
     """An InferenceSession for ``path`` whose inputs/outputs match ``contract``."""
     ort = import_ort()
     providers = providers_for(ort, device, tensorrt=tensorrt, cuda_graph=cuda_graph)
     try:
         sess = ort.InferenceSession(
-            str(path), sess_options=session_options(ort, num_threads), providers=providers
+            str(path), sess_options=session_options(ort, num_threads, spin), providers=providers
         )
     except Exception as e:  # ORT raises its own pybind exception types (InvalidProtobuf, Fail...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -130,18 +130,23 @@ class Sampler:
         tensorrt: bool = False,
         cuda_graph: bool = False,
         weights: str = "ema",
+        precision: str = "fp32",
+        spin: bool = False,
     ) -> Sampler:
         """Open a model.onnx (``ort``), model.ts (``torchscript``) or ckpt.pt (``torch``).
 
         ``path`` may be the file or the folder holding it; None means the bundled digits
         model. ``num_threads`` overrides the CPU session's intra-op threads (default: the
-        physical cores); ``tensorrt`` / ``cuda_graph`` are opt-in CUDA options.
+        physical cores); ``tensorrt`` / ``cuda_graph`` are opt-in CUDA options;
+        ``precision="int8"`` opens the model_int8.onnx beside ``path`` (ddpm-export --int8);
+        ``spin`` lets ORT's CPU pool spin-wait (faster only on an otherwise idle machine).
         """
         if path is None:
             path = default_model_path(backend)
         b = load_backend(
             path, backend, device,
             num_threads=num_threads, tensorrt=tensorrt, cuda_graph=cuda_graph, weights=weights,
+            precision=precision, spin=spin,
         )
         return cls(b, path=Path(path))
 

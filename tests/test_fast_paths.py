@@ -1,0 +1,74 @@
+"""CPU fast paths of issue 7: attention fusion in --optimize, --int8 export, --precision int8.
+
+Speed itself is measured in benchmarks/bench_sampling.py, never here; these tests pin that
+the fast paths are *correct*: the fused graph holds MultiHeadAttention and matches torch,
+the int8 graph quantises the convolutions and still tracks the fp32 model, and the runtime
+finds (or refuses with a one-line error) the int8 file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+
+@pytest.fixture(scope="module")
+def unet2d_fast(exported, tmp_path_factory):
+    from ddpm.export import export_checkpoint
+
+    ex = exported("unet2d", False)
+    out = tmp_path_factory.mktemp("fast")
+    res = export_checkpoint(ex["ckpt"], out, formats=("onnx",), optimize=True, int8=True)
+    return res
+
+
+def test_optimize_fuses_diffusers_attention_into_multiheadattention(unet2d_fast):
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(unet2d_fast.paths["optimized"])).graph.node]
+    assert "MultiHeadAttention" in ops and "Softmax" not in ops
+    row = next(r for rep in unet2d_fast.reports for r in rep.rows if "optimized" in r.backend)
+    assert row.max_abs < 1e-4
+
+
+def test_int8_export_quantises_convs_and_tracks_fp32(unet2d_fast):
+    import onnx
+    import onnxruntime as ort
+
+    q = unet2d_fast.paths["int8"]
+    ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    feeds = {"sample": np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32),
+             "timestep": np.array([0, 10, 500, 999], dtype=np.int64)}
+    f = ort.InferenceSession(str(unet2d_fast.paths["onnx"]), providers=["CPUExecutionProvider"])
+    i = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"])
+    a, b = f.run(None, feeds)[0], i.run(None, feeds)[0]
+    assert np.isfinite(b).all() and np.sqrt(((a - b) ** 2).mean() / (a**2).mean()) < 0.5
+
+
+def test_sampler_precision_int8_opens_the_int8_graph(unet2d_fast):
+    from ddpm.runtime.sampler import Sampler
+
+    folder = unet2d_fast.paths["onnx"].parent
+    s = Sampler.from_path(folder, precision="int8")
+    r = s.sample(2, steps=3)
+    assert r.images.shape == (2, 8, 8, 1) and np.isfinite(r.samples).all()
+
+
+def test_precision_int8_without_the_file_is_one_line_exit_2(exported):
+    from ddpm.runtime.cli import main
+
+    ex = exported("unet2d", False)
+    res = CliRunner().invoke(main, ["--model", str(ex["onnx"]), "--precision", "int8", "-n", "1",
+                                    "--steps", "2", "--out", "x.png"])
+    assert res.exit_code == 2
+    assert "ddpm-export CKPT --int8" in res.output and "Traceback" not in res.output
+
+
+def test_unknown_precision_is_rejected(exported):
+    from ddpm.errors import BackendError
+    from ddpm.runtime.backends import resolve_file
+
+    with pytest.raises(BackendError, match="unknown precision"):
+        resolve_file(exported("unet2d", False)["onnx"], "ort", "bf16")
