@@ -64,7 +64,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 "weights_only loading refuses (it could run code); only load checkpoints "
                 "written by ddpm-train"
             ) from None
-        raise _not_loadable(p, f"unpickling failed: {_first_line(e)}") from None
+        # torch's own message advises weights_only=False, which we never do: don't echo it.
+        reason = "not a torch checkpoint" if "weights only" in str(e).lower() else _first_line(e)
+        raise _not_loadable(p, f"unpickling failed: {reason}") from None
     except Exception as e:  # noqa: BLE001 -- garbage bytes fail in many ways (KeyError, EOFError, ...)
         raise _not_loadable(p, f"{type(e).__name__}: {_first_line(e)}") from None
     return validate_checkpoint(ckpt, p)
