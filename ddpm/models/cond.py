@@ -28,7 +28,7 @@ from ddpm.models.layers import (
     check_common,
     check_tuple,
     coerce_tuples,
-    unconditional_forward_check,
+    with_labels,
 )
 from ddpm.models.registry import register
 
@@ -126,11 +126,7 @@ class CondUNet(nn.Module):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
-        emb = self.time_embed(t)
-        if self.label_embed is not None:
-            emb = emb + self.label_embed(y, t)
-        else:
-            unconditional_forward_check("cond", y)
+        emb = with_labels("cond", self.time_embed(t), self.label_embed, y, t)
 
         h = self.conv_in(x)
         skips = [h]

@@ -33,7 +33,7 @@ from ddpm.models.layers import (
     check_groups,
     check_tuple,
     coerce_tuples,
-    unconditional_forward_check,
+    with_labels,
 )
 from ddpm.models.registry import register
 
@@ -204,11 +204,7 @@ class DDPMUNet(nn.Module):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
-        emb = self.time_embed(t)  # (B, 4 * base_channels)
-        if self.label_embed is not None:
-            emb = emb + self.label_embed(y, t)
-        else:
-            unconditional_forward_check("ddpm", y)
+        emb = with_labels("ddpm", self.time_embed(t), self.label_embed, y, t)  # (B, 4 * base_channels)
         emb = self.act(emb)
 
         h = self.conv_in(x)

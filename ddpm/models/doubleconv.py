@@ -37,7 +37,7 @@ from ddpm.models.layers import (
     check_common,
     check_tuple,
     coerce_tuples,
-    unconditional_forward_check,
+    with_labels,
 )
 from ddpm.models.registry import register
 
@@ -150,11 +150,7 @@ class DoubleConvUNet(nn.Module):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
-        emb = self.time_embed(t)
-        if self.label_embed is not None:
-            emb = emb + self.label_embed(y, t)
-        else:
-            unconditional_forward_check("doubleconv", y)
+        emb = with_labels("doubleconv", self.time_embed(t), self.label_embed, y, t)
 
         h = self.conv_in(x)
         skips = [h]

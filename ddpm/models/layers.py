@@ -72,6 +72,18 @@ def unconditional_forward_check(arch: str, y: torch.Tensor | None) -> None:
         )
 
 
+def with_labels(
+    arch: str, emb: torch.Tensor, label_embed: nn.Module | None, y: torch.Tensor | None,
+    t: torch.Tensor,
+) -> torch.Tensor:
+    """The timestep embedding plus the label embedding of a conditional model (y=None: the
+    null label); an unconditional model refuses labels instead of silently ignoring them."""
+    if label_embed is not None:
+        return emb + label_embed(y, t)
+    unconditional_forward_check(arch, y)
+    return emb
+
+
 def coerce_tuples(config) -> None:
     """Let frozen configs take lists (JSON arrays, CLI overrides) where they store tuples."""
     for f in dataclasses.fields(config):

@@ -36,7 +36,7 @@ from ddpm.models.layers import (
     check_groups,
     check_tuple,
     coerce_tuples,
-    unconditional_forward_check,
+    with_labels,
 )
 from ddpm.models.registry import register
 
@@ -234,11 +234,7 @@ class WangUNet(nn.Module):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
-        emb = self.time_mlp(t)
-        if self.label_embed is not None:
-            emb = emb + self.label_embed(y, t)
-        else:
-            unconditional_forward_check("wang", y)
+        emb = with_labels("wang", self.time_mlp(t), self.label_embed, y, t)
 
         x = self.init_conv(x)
         r = x
