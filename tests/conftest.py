@@ -123,3 +123,15 @@ def exported(make_checkpoint) -> Callable[..., Exported]:
         return cache[key]
 
     return make
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: the CI box has 2 shared cores, and OpenMP spin-waits badly when
+    oversubscribed; it also makes float results independent of the thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -24,14 +24,7 @@ TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
         "attn_resolutions": [4], "num_groups": 4, "dropout": 0.1}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the CI box has 2 shared cores, and OpenMP spin-waits badly when
-    oversubscribed; it also makes float results independent of the thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(out, **changes) -> TrainConfig:

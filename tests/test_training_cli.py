@@ -17,14 +17,7 @@ from ddpm.training.cli import main
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the CI box has 2 shared cores, and OpenMP spin-waits badly when
-    oversubscribed; it also makes float results independent of the thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(args: list[str]):
