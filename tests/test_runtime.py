@@ -177,6 +177,29 @@ def test_eight_threads_match_serial_calls(cond_sampler):
         np.testing.assert_array_equal(got[k], serial[k])
 
 
+def test_cpu_batch_split_across_threads_changes_no_image(damped):
+    """2 threads: B >= 2 runs as concurrent single-thread chunks on fixed-batch sessions,
+    B == 1 on one 2-thread session; every image equals the 1-thread run bit for bit."""
+    one = Sampler.from_path(damped["cond"], num_threads=1)
+    two = Sampler.from_path(damped["cond"], num_threads=2)
+    for n, kw in [(5, {}), (1, {}), (4, {"guidance": 2.0})]:  # guidance: the model sees 2n
+        want = one.sample(n, steps=4, seed=5, batch_size=n, **kw).samples
+        np.testing.assert_array_equal(two.sample(n, steps=4, seed=5, batch_size=n, **kw).samples, want)
+    # (threads, batch) of the sessions used: 5 -> chunks 2 + 3, 1 -> whole, 2x4 -> 4 + 4
+    assert set(two._backend._fixed) == {(1, 2), (1, 3), (2, 1), (1, 4)}
+    assert set(one._backend._fixed) == {(1, 5), (1, 1), (1, 8)}
+
+
+def test_fixed_batch_sessions_are_bounded(damped, monkeypatch):
+    from ddpm.runtime import backends
+
+    monkeypatch.setattr(backends, "MAX_FIXED_SESSIONS", 2)
+    s = Sampler.from_path(damped["uncond"], num_threads=1)
+    for n in (1, 2, 3, 2):
+        s.sample(n, steps=1, batch_size=n)
+    assert list(s._backend._fixed) == [(1, 3), (1, 2)]  # least recently used (1, 1) dropped
+
+
 @pytest.mark.parametrize(
     "kind, steps, guidance",
     [("uncond", 50, 1.0), ("cond", 50, 1.0), ("cond", 10, 3.0)],

@@ -13,8 +13,11 @@ Calls hold no per-call state, so one backend may be called from many threads at 
 
 from __future__ import annotations
 
+import threading
 import warnings
 import zipfile
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ import numpy as np
 from ddpm import artifact
 from ddpm.artifact import Contract, TensorSpec
 from ddpm.errors import ArtifactError, BackendError, DDPMError
-from ddpm.runtime.ort_session import create_session
+from ddpm.runtime.ort_session import create_session, physical_cores
 
 BACKENDS = ("ort", "torchscript", "torch")
 DEVICES = ("cpu", "cuda")
@@ -62,12 +65,30 @@ def resolve_file(path: str | Path, backend: str, precision: str = "fp32") -> Pat
     return p
 
 
+#: Fixed-batch CPU sessions an OrtBackend keeps (least recently used dropped first).
+MAX_FIXED_SESSIONS = 8
+
+
 class OrtBackend:
-    """model.onnx on a CPU (or CUDA, host-copy) ONNX Runtime session."""
+    """model.onnx on ONNX Runtime: CPU sessions tuned for the sampling loop, or a CUDA session.
+
+    A diffusion loop calls one graph at one batch size hundreds of times, so on the CPU each
+    batch size gets its own session with the batch dimension fixed (ORT then folds the
+    exporter's Shape/Gather/Concat chains away), and a batch of B >= 2 is split across the
+    cores: ``threads`` contiguous chunks, each run by a single-threaded session, concurrently
+    (ORT releases the GIL). A UNet graph is ~700 small ops; one multi-threaded run pays a
+    thread hand-off per op, while the split runs pay none. Measured on the issue-7 UNet2DModel
+    (batch 16, 2 cores): 91.8 ms per call on one 2-thread session, 82.5 ms as two 1-thread
+    runs of 8. A single image runs on one session with all threads. Each image's arithmetic
+    does not depend on the split, so neither do the samples (tests pin it bit for bit).
+    """
 
     name = "ort"
 
-    def __init__(self, path: Path, device: str = "cpu", **session_kw: Any) -> None:
+    def __init__(
+        self, path: Path, device: str = "cpu", *, num_threads: int | None = None, spin: bool = False,
+        split: bool = True, **session_kw: Any,
+    ) -> None:
         if zipfile.is_zipfile(path):
             raise ArtifactError(
                 f"{path}: is a TorchScript archive, not ONNX; pass --backend torchscript "
@@ -79,16 +100,63 @@ class OrtBackend:
                 f"{path}: is a whole-step graph ({self.contract.graph!r}); ddpm-run samples "
                 "the plain model graph: pass the model.onnx exported without --with-step"
             )
+        self.path = Path(path)
         self.device = device
-        self.session = create_session(path, self.contract, device=device, **session_kw)
+        self.threads = max(1, int(num_threads or physical_cores()))
+        self._session_kw = dict(device=device, spin=spin, **session_kw)
+        # The dynamic-batch session: checks the file once, and serves non-CPU devices.
+        self.session = create_session(path, self.contract, num_threads=self.threads, **self._session_kw)
         self._names = self.contract.input_names
         self._output = self.session.get_outputs()[0].name
+        dim = self.session.get_inputs()[0].shape[0]
+        self._batch_dim = dim if isinstance(dim, str) and dim else None
+        self._split = split and device == "cpu" and self.threads > 1
+        self._fixed: OrderedDict[tuple[int, int], Any] = OrderedDict()
+        self._sessions_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
-    def __call__(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+    def _session_for(self, batch: int, threads: int) -> Any:
+        """The CPU session for ``batch`` images on ``threads`` threads, created on first use."""
+        if self.device != "cpu" or self._batch_dim is None:
+            return self.session
+        key = (threads, batch)
+        with self._sessions_lock:
+            sess = self._fixed.get(key)
+            if sess is None:
+                sess = create_session(
+                    self.path, self.contract, num_threads=threads,
+                    fixed_dims={self._batch_dim: batch}, **self._session_kw,
+                )
+                self._fixed[key] = sess
+                while len(self._fixed) > MAX_FIXED_SESSIONS:
+                    self._fixed.popitem(last=False)
+            else:
+                self._fixed.move_to_end(key)
+            return sess
+
+    def _run(self, sess: Any, x: np.ndarray, t: np.ndarray, y: np.ndarray | None) -> np.ndarray:
         feeds = {self._names[0]: x, self._names[1]: t}
         if y is not None:
             feeds[self._names[2]] = y
-        return self.session.run([self._output], feeds)[0]
+        return sess.run([self._output], feeds)[0]
+
+    def __call__(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+        b = x.shape[0]
+        workers = min(self.threads, b) if self._split else 1
+        if workers <= 1:
+            return self._run(self._session_for(b, self.threads), x, t, y)
+        bounds = [b * i // workers for i in range(workers + 1)]  # near-equal contiguous chunks
+        parts = [
+            (self._session_for(hi - lo, 1), x[lo:hi], t[lo:hi], None if y is None else y[lo:hi])
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        with self._sessions_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="ddpm-ort")
+            pool = self._pool
+        futures = [pool.submit(self._run, *part) for part in parts[1:]]
+        first = self._run(*parts[0])  # this thread is one of the workers
+        return np.concatenate([first, *(f.result() for f in futures)])
 
 
 def _torch_device(device: str, num_threads: int | None = None) -> Any:

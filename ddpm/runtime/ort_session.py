@@ -6,9 +6,11 @@ corrupt file) turn into one-line :class:`ddpm.errors.BackendError` / ``ArtifactE
 messages instead of tracebacks from inside the C++ extension.
 
 CPU sessions are tuned for sampling: a diffusion loop calls the same fixed-shape graph
-hundreds of times, so we want all graph optimisations, one intra-op pool sized to the
-physical cores (SMT siblings only add contention for conv kernels) and sequential execution
-(a UNet graph has little inter-op parallelism to exploit). Pool threads do not spin-wait
+hundreds of times, so we want all graph optimisations, the batch dimension fixed per session
+(``fixed_dims``), threads sized to the physical cores (SMT siblings only add contention for
+conv kernels; :class:`ddpm.runtime.backends.OrtBackend` spends them on batch chunks run side
+by side rather than on one pool) and sequential execution (a UNet graph has little inter-op
+parallelism to exploit). Pool threads do not spin-wait
 between ops unless asked (``spin=True``): on a machine shared with another busy process a
 spinning pool steals the cycles its own peer needs, which measured 1.4x slower per UNet call
 here (2 cores, one busy), while an idle machine gains only a few percent from spinning.
@@ -109,7 +111,11 @@ def providers_for(ort: Any, device: str, *, tensorrt: bool = False, cuda_graph: 
     return providers
 
 
-def session_options(ort: Any, num_threads: int | None = None, spin: bool = False) -> Any:
+def session_options(
+    ort: Any, num_threads: int | None = None, spin: bool = False, fixed_dims: dict[str, int] | None = None
+) -> Any:
+    """Tuned CPU options; ``fixed_dims`` pins named free dimensions (e.g. ``{"batch": 8}``) so
+    ORT constant-folds the exporter's Shape/Gather/Concat chains into static Reshapes."""
     so = ort.SessionOptions()
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
@@ -118,6 +124,8 @@ def session_options(ort: Any, num_threads: int | None = None, spin: bool = False
     so.intra_op_num_threads = int(num_threads or physical_cores())
     so.inter_op_num_threads = 1
     so.log_severity_level = 3  # warnings about unused initializers etc. are noise to users
+    for name, value in (fixed_dims or {}).items():
+        so.add_free_dimension_override_by_name(name, int(value))
     return so
 
 
@@ -130,13 +138,14 @@ def create_session(
     tensorrt: bool = False,
     cuda_graph: bool = False,
     spin: bool = False,
+    fixed_dims: dict[str, int] | None = None,
 ) -> Any:
     """An InferenceSession for ``path`` whose inputs/outputs match ``contract``."""
     ort = import_ort()
     providers = providers_for(ort, device, tensorrt=tensorrt, cuda_graph=cuda_graph)
     try:
         sess = ort.InferenceSession(
-            str(path), sess_options=session_options(ort, num_threads, spin), providers=providers
+            str(path), sess_options=session_options(ort, num_threads, spin, fixed_dims), providers=providers
         )
     except Exception as e:  # ORT raises its own pybind exception types (InvalidProtobuf, Fail...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
