@@ -72,3 +72,41 @@ def test_unknown_precision_is_rejected(exported):
 
     with pytest.raises(BackendError, match="unknown precision"):
         resolve_file(exported("unet2d", False)["onnx"], "ort", "bf16")
+
+
+@pytest.mark.parametrize("groups, channels", [(8, 8), (4, 8)])
+def test_groupnorm_affine_fusion_is_exact_and_shorter(tmp_path, groups, channels):
+    """GroupNorm -> SiLU exported by the pinned tracer, then FuseGroupNormAffine: C == G
+    becomes a lone InstanceNormalization, C > G a BatchNormalization instead of Mul + Add;
+    onnxruntime output equals torch within 1e-5 either way."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from ddpm.export.fuse_groupnorm import FuseGroupNormAffine
+
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(groups, channels)
+    with torch.no_grad():  # non-trivial affine, so a dropped Mul/Add would show
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    module = torch.nn.Sequential(norm, torch.nn.SiLU()).eval()
+    x = torch.randn(3, channels, 5, 5)
+    path = tmp_path / "gn.onnx"
+    torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    model = onnx.load(str(path))
+    before = [n.op_type for n in model.graph.node]
+    fuser = FuseGroupNormAffine(model)
+    fused = fuser.apply()
+    onnx.checker.check_model(fused)
+    after = [n.op_type for n in fused.graph.node]
+    assert before.count("Mul") - after.count("Mul") == 1 and "Add" not in after
+    if groups == channels:
+        assert fuser.fused_instance == 1 and "Reshape" not in after and "BatchNormalization" not in after
+    else:
+        assert fuser.fused_batchnorm == 1 and "BatchNormalization" in after
+    sess = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        want = module(x).numpy()
+    np.testing.assert_allclose(sess.run(None, {"x": x.numpy()})[0], want, atol=1e-5, rtol=0)

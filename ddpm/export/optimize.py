@@ -7,7 +7,9 @@ FusionOptions switches whose products are CUDA-only (per ORT's contrib-op kernel
 for ``target="cpu"`` (the default) they are off, and the result is proven loadable and
 validated against torch on CPU like the plain graph. On top of those,
 :class:`ddpm.export.fuse_attention.FuseSdpaAttention` turns the exporter's decomposed
-attention into ``MultiHeadAttention`` (CPU and CUDA kernels), which they do not match. ``target="cuda"`` keeps every fusion;
+attention into ``MultiHeadAttention`` (CPU and CUDA kernels), which they do not match, and
+:class:`ddpm.export.fuse_groupnorm.FuseGroupNormAffine` folds each remaining GroupNorm's
+affine into one op. ``target="cuda"`` keeps every fusion;
 such a graph is validated only where a CUDA EP is present.
 """
 
@@ -18,6 +20,7 @@ from collections.abc import Callable
 
 from ddpm.errors import BackendError, ConfigError
 from ddpm.export.fuse_attention import FuseSdpaAttention
+from ddpm.export.fuse_groupnorm import FuseGroupNormAffine
 from ddpm.export.validate import ParityReport, compare, model_batches, onnx_runner, torch_runner
 
 TARGETS = ("cpu", "cuda")
@@ -61,7 +64,8 @@ def optimize_graph(model_path: str | os.PathLike, target: str = "cpu"):
             use_gpu=target == "cuda",
         )
     # The transformers fusions miss the exporter's SDPA decomposition; ours has CPU kernels.
-    return FuseSdpaAttention(optimized.model).apply()
+    # GroupNorms the target kept decomposed (all on CPU) get their affine folded into one op.
+    return FuseGroupNormAffine(FuseSdpaAttention(optimized.model).apply()).apply()
 
 
 def export_optimized(
