@@ -39,6 +39,11 @@ def test_int8_export_quantises_convs_and_tracks_fp32(unet2d_fast):
     q = unet2d_fast.paths["int8"]
     ops = {n.op_type for n in onnx.load(str(q)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    graph = onnx.load(str(q)).graph
+    dq_out = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    fp32_convs = [n for n in graph.node if n.op_type == "Conv" and n.input[1] not in dq_out]
+    # the first conv reads the graph input, the last one writes (through its bias) the output
+    assert len(fp32_convs) == 2 and fp32_convs[0].input[0] == "sample", [n.name for n in fp32_convs]
     feeds = {"sample": np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32),
              "timestep": np.array([0, 10, 500, 999], dtype=np.int64)}
     f = ort.InferenceSession(str(unet2d_fast.paths["onnx"]), providers=["CPUExecutionProvider"])
