@@ -3,7 +3,8 @@
 Reference: the classifier's confident fraction (p >= 0.8) on held-out real digits (~0.94).
 - 256 unconditional samples (the null label) must reach >= 0.9x the reference;
 - with a label k and guidance 3, >= 90 % of samples must be classified as k, for every k.
-Both use the default sampler of `ddpm-run` (DDPM, 50 steps) on ONNX Runtime.
+Both use the default sampler of `ddpm-run` (DDPM, 50 steps) on ONNX Runtime, for the fp32
+graph and for the int8 graph that `ddpm-run --precision int8` opens.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ def judge():
     return quality.fit_judge(image_size=16)
 
 
-@pytest.fixture(scope="module")
-def sampler():
-    return Sampler.default()
+@pytest.fixture(scope="module", params=["fp32", "int8"])
+def sampler(request):
+    """The bundled model as ddpm-run opens it, and its opt-in int8 graph (digits_int8.onnx)."""
+    return Sampler.default(precision=request.param)
 
 
 def test_reference_classifier_is_confident_on_real_digits(judge):
