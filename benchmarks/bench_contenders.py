@@ -11,7 +11,8 @@ times it. Contenders:
                      with default SessionOptions: what a user gets by hand.
 - ``ddpm_run``       ``Sampler.from_path(...)`` on the tuned session (what ddpm-run does);
                      ``ddpm_run_opt`` the same on ``model_optimized.onnx`` (ddpm-export
-                     --optimize), ``int8`` on ``model_int8.onnx`` (ddpm-export --int8).
+                     --optimize), ``ddpm_run_opt_spin`` that with ``--spin``, ``int8``
+                     on ``model_int8.onnx`` (ddpm-export --int8).
 """
 
 from __future__ import annotations
@@ -101,9 +102,9 @@ def ort_default(onnx_path: Path, guidance: float) -> Contender:
 
 
 def ddpm_run(path: Path, guidance: float, *, name: str = "ddpm_run",
-             threads: int | None = None, note: str = "") -> Contender:
+             threads: int | None = None, spin: bool = False, note: str = "") -> Contender:
     from ddpm.runtime.sampler import Sampler
 
-    s = Sampler.from_path(path, backend="ort", num_threads=threads)
+    s = Sampler.from_path(path, backend="ort", num_threads=threads, spin=spin)
     return Contender(name, _sampler_run(s, guidance),
                      note or f"Sampler.from_path({path.name}) tuned ORT session (= ddpm-run)")

@@ -36,7 +36,8 @@ import bench_contenders as bc  # noqa: E402
 import bench_models as bm  # noqa: E402
 
 RESULTS = HERE / "results"
-ALL = ("diffusers", "torch", "torch_compile", "ort_default", "ddpm_run", "ddpm_run_opt", "int8")
+ALL = ("diffusers", "torch", "torch_compile", "ort_default", "ddpm_run", "ddpm_run_opt", "ddpm_run_opt_spin",
+       "int8")
 
 
 def cpu_facts() -> dict[str, Any]:
@@ -102,6 +103,10 @@ def contenders_for(art: dict[str, Any], wanted: list[str], threads: int) -> list
         elif name == "ddpm_run_opt" and art.get("optimized"):
             out.append(bc.ddpm_run(art["optimized"], g, name=name, threads=threads,
                                    note="Sampler on model_optimized.onnx (ddpm-export --optimize)"))
+        elif name == "ddpm_run_opt_spin" and art.get("optimized"):
+            out.append(bc.ddpm_run(art["optimized"], g, name=name, threads=threads, spin=True,
+                                   note="the same with --spin (pool spins inside a run; only an "
+                                        "unsplit batch of 1 uses a pool)"))
         elif name == "int8" and art.get("int8"):
             out.append(bc.ddpm_run(art["int8"], g, name=name, threads=threads,
                                    note="Sampler on model_int8.onnx (ddpm-export --int8, QDQ static)"))

@@ -79,11 +79,11 @@ def test_unknown_precision_is_rejected(exported):
         resolve_file(exported("unet2d", False)["onnx"], "ort", "bf16")
 
 
-@pytest.mark.parametrize("groups, channels", [(8, 8), (4, 8)])
-def test_groupnorm_affine_fusion_is_exact_and_shorter(tmp_path, groups, channels):
+@pytest.mark.parametrize("groups, channels, spatial", [(8, 8, (5, 5)), (4, 8, (5, 5)), (4, 8, (25,))])
+def test_groupnorm_affine_fusion_is_exact_and_shorter(tmp_path, groups, channels, spatial):
     """GroupNorm -> SiLU exported by the pinned tracer, then FuseGroupNormAffine: C == G
     becomes a lone InstanceNormalization, C > G a BatchNormalization instead of Mul + Add;
-    onnxruntime output equals torch within 1e-5 either way."""
+    onnxruntime output equals torch within 1e-5 either way. (N, C, L) is diffusers' attention norm."""
     import onnx
     import onnxruntime as ort
     import torch
@@ -96,7 +96,7 @@ def test_groupnorm_affine_fusion_is_exact_and_shorter(tmp_path, groups, channels
         norm.weight.uniform_(0.5, 2.0)
         norm.bias.uniform_(-1.0, 1.0)
     module = torch.nn.Sequential(norm, torch.nn.SiLU()).eval()
-    x = torch.randn(3, channels, 5, 5)
+    x = torch.randn(3, channels, *spatial)
     path = tmp_path / "gn.onnx"
     torch.onnx.export(module, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
                       output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})

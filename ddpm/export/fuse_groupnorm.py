@@ -5,7 +5,8 @@ The TorchScript exporter writes ``GroupNorm(G, C)`` as five nodes::
     x -> Reshape(0, G, -1) -> InstanceNormalization(scale=1, bias=0) -> Reshape(shape(x))
       -> Mul(gamma[C,1,1]) -> Add(beta[C,1,1])
 
-A DDPM UNet has one GroupNorm per ResNet half-block and attention (46 in the issue-7
+(``[C,1]`` for the (N, C, H*W) input of diffusers' attention norm). A DDPM UNet has one
+GroupNorm per ResNet half-block and attention (46 in the issue-7
 UNet2DModel), so the two full passes of Mul and Add over every activation are a visible part
 of a CPU call. :class:`FuseGroupNormAffine` rewrites each match exactly:
 
@@ -73,8 +74,9 @@ class FuseGroupNormAffine:
         c = gamma.size
         if not (np.all(scale == 1) and np.all(bias == 0)) or beta.size != c:
             return None
-        if gamma.shape not in ((c, 1, 1), (1, c, 1, 1)) or beta.shape != gamma.shape:
-            return None  # per-channel affine of an NCHW tensor only
+        shape = gamma.shape[1:] if gamma.ndim >= 3 and gamma.shape[0] == 1 else gamma.shape
+        if len(shape) < 2 or shape[0] != c or any(d != 1 for d in shape[1:]) or beta.shape != gamma.shape:
+            return None  # per-channel only: (C, 1, ..., 1), as the exporter writes for (N, C, ...)
         eps = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
         return r1, r2, mul, add, gamma.reshape(-1), beta.reshape(-1), eps, scale.size
 

@@ -12,8 +12,11 @@ conv kernels; :class:`ddpm.runtime.backends.OrtBackend` spends them on batch chu
 by side rather than on one pool) and sequential execution (a UNet graph has little inter-op
 parallelism to exploit). Pool threads do not spin-wait
 between ops unless asked (``spin=True``): on a machine shared with another busy process a
-spinning pool steals the cycles its own peer needs, which measured 1.4x slower per UNet call
-here (2 cores, one busy), while an idle machine gains only a few percent from spinning.
+spinning pool steals the cycles its own peer needs. Only a multi-threaded session spins,
+which the runtime uses for a batch it cannot split (one image). Measured on the issue-7
+UNet2DModel at batch 1 (2 cores): idle machine 7.4-8.0 ms per call without spinning,
+6.7-7.1 with; one core busy with another process 8.7 without, 11.0-11.6 with (14.4 when the
+pool also spins between runs, which ``force_spinning_stop`` prevents).
 """
 
 from __future__ import annotations
@@ -118,6 +121,8 @@ def session_options(
     ORT constant-folds the exporter's Shape/Gather/Concat chains into static Reshapes."""
     so = ort.SessionOptions()
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    if spin:  # spin inside a run only: the pool stops spinning when run() returns
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
