@@ -65,8 +65,10 @@ def resolve_file(path: str | Path, backend: str, precision: str = "fp32") -> Pat
     return p
 
 
-#: Fixed-batch CPU sessions an OrtBackend keeps (least recently used dropped first).
-MAX_FIXED_SESSIONS = 8
+#: Fixed-batch CPU sessions an OrtBackend keeps (least recently used dropped first). Each
+#: holds its own copy of the weights; a sampling run needs at most three (full chunks, the
+#: last partial batch's chunks, a single image).
+MAX_FIXED_SESSIONS = 4
 
 
 class OrtBackend:
@@ -87,7 +89,7 @@ class OrtBackend:
 
     def __init__(
         self, path: Path, device: str = "cpu", *, num_threads: int | None = None, spin: bool = False,
-        split: bool = True, **session_kw: Any,
+        **session_kw: Any,
     ) -> None:
         if zipfile.is_zipfile(path):
             raise ArtifactError(
@@ -110,7 +112,7 @@ class OrtBackend:
         self._output = self.session.get_outputs()[0].name
         dim = self.session.get_inputs()[0].shape[0]
         self._batch_dim = dim if isinstance(dim, str) and dim else None
-        self._split = split and device == "cpu" and self.threads > 1
+        self._split = device == "cpu" and self.threads > 1
         self._fixed: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self._sessions_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
