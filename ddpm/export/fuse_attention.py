@@ -17,7 +17,34 @@ from collections import defaultdict
 import numpy as np
 
 
-class FuseSdpaAttention:
+class GraphRewrite:
+    """Index of an ONNX graph shared by the rewrites of ``--optimize``: who produces and who
+    reads each value, and the constant behind a name (initializer or ``Constant`` node)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        g = model.graph
+        self.producer = {o: n for n in g.node for o in n.output}
+        self.consumers: dict[str, list] = defaultdict(list)
+        for n in g.node:
+            for i in n.input:
+                self.consumers[i].append(n)
+        self.inits = {t.name: t for t in g.initializer}
+
+    def _const(self, name: str) -> np.ndarray | None:
+        import onnx.numpy_helper as nh
+
+        if name in self.inits:
+            return nh.to_array(self.inits[name])
+        n = self.producer.get(name)
+        if n is not None and n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    return nh.to_array(a.t)
+        return None
+
+
+class FuseSdpaAttention(GraphRewrite):
     """Matched pattern (q, k, v are (B, S, E) outputs of the projection Add/MatMul)::
 
         q -> Reshape(B,-1,H,D) -> Transpose(0,2,1,3) -> [Mul(c)] --.
@@ -31,27 +58,8 @@ class FuseSdpaAttention:
     """
 
     def __init__(self, model) -> None:
-        self.model = model
-        g = model.graph
-        self.producer = {o: n for n in g.node for o in n.output}
-        self.consumers: dict[str, list] = defaultdict(list)
-        for n in g.node:
-            for i in n.input:
-                self.consumers[i].append(n)
-        self.inits = {t.name: t for t in g.initializer}
+        super().__init__(model)
         self.fused = 0
-
-    def _const(self, name: str) -> np.ndarray | None:
-        import onnx.numpy_helper as nh
-
-        if name in self.inits:
-            return nh.to_array(self.inits[name])
-        n = self.producer.get(name)
-        if n is not None and n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    return nh.to_array(a.t)
-        return None
 
     def _only(self, name: str, op: str):
         n = self.producer.get(name)

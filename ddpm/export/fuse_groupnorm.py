@@ -22,36 +22,16 @@ against torch like the rest of ``--optimize``.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 
-from ddpm.export.fuse_attention import prune
+from ddpm.export.fuse_attention import GraphRewrite, prune
 
 
-class FuseGroupNormAffine:
+class FuseGroupNormAffine(GraphRewrite):
     def __init__(self, model) -> None:
-        self.model = model
-        g = model.graph
-        self.producer = {o: n for n in g.node for o in n.output}
-        self.consumers: dict[str, list] = defaultdict(list)
-        for n in g.node:
-            for i in n.input:
-                self.consumers[i].append(n)
-        self.inits = {t.name: t for t in g.initializer}
+        super().__init__(model)
         self.fused_instance = 0  # C == G: one InstanceNormalization
         self.fused_batchnorm = 0  # Mul + Add -> BatchNormalization
-
-    def _const(self, name: str) -> np.ndarray | None:
-        import onnx.numpy_helper as nh
-
-        if name in self.inits:
-            return nh.to_array(self.inits[name])
-        n = self.producer.get(name)
-        if n is not None and n.op_type == "Constant":
-            value = next((a.t for a in n.attribute if a.name == "value"), None)
-            return None if value is None else nh.to_array(value)
-        return None
 
     def _sole(self, name: str, op: str):
         users = self.consumers.get(name, [])
