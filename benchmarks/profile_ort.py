@@ -1,7 +1,7 @@
 """Where a UNet call spends its time on ONNX Runtime CPU: the ORT profiler, summed per op type.
 
     python benchmarks/profile_ort.py ~/.cache/ddpm-bench/article/model_optimized.onnx \
-        --batch 8 --threads 1 --out benchmarks/results/profile_article_b8_t1.json
+        --batch 8 --threads 1 --out benchmarks/results/profile_article_opt_b8_t1.json
 
 Runs the graph ``--warmup`` + ``--runs`` times on a tuned session with the batch fixed (what
 ``ddpm-run`` uses: one such session per chunk of a split batch), with ORT's profiler on, and
@@ -32,7 +32,7 @@ def feeds_for(session, batch: int, t: int = 500) -> dict[str, np.ndarray]:
             out[i.name] = rng.standard_normal(shape).astype(np.float32)
         elif i.name == "timestep":
             out[i.name] = np.full(batch, t, np.int64)
-        else:  # class labels: the null label is as good as any for timing
+        else:  # class labels: label 0; every label costs the same
             out[i.name] = np.zeros(batch, np.int64)
     return out
 

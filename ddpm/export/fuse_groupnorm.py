@@ -38,7 +38,7 @@ class FuseGroupNormAffine(GraphRewrite):
         return users[0] if len(users) == 1 and users[0].op_type == op else None
 
     def _match(self, norm):
-        """(reshape_in, reshape_out, mul, add, gamma, beta, eps) around ``norm``, or None."""
+        """(reshape_in, reshape_out, mul, add, gamma, beta, eps, groups) around ``norm``, or None."""
         r1 = self.producer.get(norm.input[0])
         if r1 is None or r1.op_type != "Reshape" or len(norm.input) < 3:
             return None
