@@ -190,6 +190,20 @@ def test_cpu_batch_split_across_threads_changes_no_image(damped):
     assert set(one._backend._fixed) == {(1, 5), (1, 1), (1, 8)}
 
 
+def test_spin_only_inside_a_call_and_same_images(damped):
+    """--spin: the one-image session's pool spins inside run() and stops after it
+    (force_spinning_stop); the default never spins; neither changes an image."""
+    base = Sampler.from_path(damped["uncond"], num_threads=1).sample(1, steps=3, seed=4).samples
+    for spin in (False, True):
+        s = Sampler.from_path(damped["uncond"], num_threads=2, spin=spin)
+        np.testing.assert_array_equal(s.sample(1, steps=3, seed=4).samples, base)
+        so = s._backend._fixed[(2, 1)].get_session_options()
+        assert so.intra_op_num_threads == 2
+        assert so.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spin else "0")
+        if spin:
+            assert so.get_session_config_entry("session.force_spinning_stop") == "1"
+
+
 def test_fixed_batch_sessions_are_bounded(damped, monkeypatch):
     from ddpm.runtime import backends
 
