@@ -221,8 +221,14 @@ def step_table(
     sampler: str = "ddpm",
     spacing: str = "leading",
     eta: float = 0.0,
+    clipped_eps: bool = True,
 ) -> StepTable:
-    """Coefficient table for ``sampler`` ("ddpm" ancestral or "ddim" with η) on N steps."""
+    """Coefficient table for ``sampler`` ("ddpm" ancestral or "ddim" with η) on N steps.
+
+    ``clipped_eps`` (DDIM only): build the direction term from ε̂ re-derived from the clipped
+    x̂0 (the default, correct under guidance) or from the raw output (diffusers' default,
+    ``use_clipped_model_output=False``). Without clipping the two are the same update.
+    """
     _check_choice("sampler", sampler, SAMPLERS)
     if eta < 0:
         raise ConfigError(f"eta must be >= 0, got {eta}")
@@ -251,11 +257,21 @@ def step_table(
         # DDIM eq. 12 with σ_t(η) from eq. 16.
         var = (1.0 - ac_prev) / (1.0 - ac) * (1.0 - ac / ac_prev)
         sigma = eta * np.sqrt(var)
-        eps_xt, eps_out = _eps_coefficients(config.prediction_type, ac)
         direction = np.sqrt(np.maximum(1.0 - ac_prev - sigma**2, 0.0))
-        c_x0 = np.sqrt(ac_prev)
-        c_xt = direction * eps_xt
-        c_out = direction * eps_out
+        if clipped_eps:
+            # ε̂ re-derived from the *clipped* x̂0, ε̂ = (x_t - sqrt(ᾱ)·x̂0) / sqrt(1-ᾱ) (GLIDE;
+            # diffusers' use_clipped_model_output=True). With guidance the raw network output
+            # and the clipped x̂0 disagree; a direction term built from the raw output then
+            # pushes x_t out of the data range (noise-like samples at w=3).
+            c_x0 = np.sqrt(ac_prev) - direction * np.sqrt(ac) / np.sqrt(1.0 - ac)
+            c_xt = direction / np.sqrt(1.0 - ac)
+            c_out = zeros
+        else:
+            # ε̂ from the raw network output, as diffusers' DDIMScheduler does by default.
+            eps_xt, eps_out = _eps_coefficients(config.prediction_type, ac)
+            c_x0 = np.sqrt(ac_prev)
+            c_xt = direction * eps_xt
+            c_out = direction * eps_out
 
     return StepTable(
         sampler=sampler,
@@ -278,11 +294,14 @@ def step(
     model_output: np.ndarray,
     x_t: np.ndarray,
     noise: np.ndarray | None,
+    prev_x0: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference update for loop step ``i``: returns (x_prev, x̂0) in ``x_t``'s dtype.
 
     ``noise`` is z ~ N(0, I) of x_t's shape, passed explicitly so every backend can be fed
-    the same draw; it may be None only where ``sigma[i] == 0``.
+    the same draw; it may be None only where ``sigma[i] == 0``. ``prev_x0`` is the x̂0
+    returned by step ``i - 1`` (None at step 0): loops always pass it, so multistep samplers
+    can use it; single-step samplers (DDPM, DDIM) ignore it.
     """
     check_step_index(i, len(table))
     if model_output.shape != x_t.shape:

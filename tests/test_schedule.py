@@ -121,23 +121,27 @@ DDIM_MATRIX = [
 ]
 
 
+@pytest.mark.parametrize("clipped_eps", [True, False])
 @pytest.mark.parametrize("beta,n,spacing,eta,clip,pred", DDIM_MATRIX)
-def test_ddim_step_matches_diffusers(beta, n, spacing, eta, clip, pred, monkeypatch):
+def test_ddim_step_matches_diffusers(beta, n, spacing, eta, clip, pred, clipped_eps, monkeypatch):
+    """Our default direction term uses ε̂ from the clipped x̂0: diffusers'
+    ``use_clipped_model_output=True``; ``clipped_eps=False`` is diffusers' default."""
     ours_beta = "cosine" if beta == "squaredcos_cap_v2" else beta
     cfg = S.ScheduleConfig(beta_schedule=ours_beta, prediction_type=pred, clip_sample=clip)
-    table = S.step_table(cfg, n, sampler="ddim", spacing=spacing, eta=eta)
+    table = S.step_table(cfg, n, sampler="ddim", spacing=spacing, eta=eta, clipped_eps=clipped_eps)
     theirs = DDIMScheduler(
         num_train_timesteps=1000, beta_schedule=beta, prediction_type=pred,
         clip_sample=clip, timestep_spacing=spacing,
     )
-    assert _drive(table, theirs, n, {"eta": eta, "variance_noise": None}, monkeypatch) <= ATOL
+    kw = {"eta": eta, "variance_noise": None, "use_clipped_model_output": clipped_eps}
+    assert _drive(table, theirs, n, kw, monkeypatch) <= ATOL
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 @pytest.mark.parametrize("pred", ["epsilon", "v_prediction"])
 def test_stock_float32_diffusers_agrees(sampler, pred, monkeypatch):
     cfg = S.ScheduleConfig(prediction_type=pred, variance_type="fixed_large")
-    table = S.step_table(cfg, 1000, sampler=sampler, eta=1.0)
+    table = S.step_table(cfg, 1000, sampler=sampler, eta=1.0, clipped_eps=False)
     cls = DDPMScheduler if sampler == "ddpm" else DDIMScheduler
     kw = {"variance_type": "fixed_large"} if sampler == "ddpm" else {}
     theirs = cls(num_train_timesteps=1000, prediction_type=pred, **kw)
@@ -147,9 +151,9 @@ def test_stock_float32_diffusers_agrees(sampler, pred, monkeypatch):
 
 def test_ddim_linspace_steps_to_the_next_visited_timestep():
     cfg = S.ScheduleConfig()
-    table = S.step_table(cfg, 50, sampler="ddim", spacing="linspace")
+    table = S.step_table(cfg, 50, sampler="ddim", spacing="linspace", clipped_eps=False)
     ac = cfg.alphas_cumprod()
-    # c_x0 is sqrt(ᾱ_prev) for DDIM: ᾱ_prev must be that of the next entry of timesteps.
+    # c_x0 is sqrt(ᾱ_prev) for raw-ε DDIM: ᾱ_prev must be that of the next entry of timesteps.
     np.testing.assert_allclose(table.c_x0[:-1] ** 2, ac[table.timesteps[1:]], rtol=1e-12)
     assert table.c_x0[-1] == 1.0
 

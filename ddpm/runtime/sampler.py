@@ -89,11 +89,12 @@ def run_batch(
     y = None if plan.labels is None else plan.labels[start:stop]
     xts: list[np.ndarray] = []
     x0s: list[np.ndarray] = []
+    x0 = None  # previous step's x̂0: the extra state of multistep samplers
     for i, t in enumerate(table.timesteps):
         tt = np.full(shape[0], t, dtype=np.int64)
         out = guided(predict, x, tt, y, plan)
         z = randn(shape, seed=plan.seed, step=i, offset=offset) if table.sigma[i] != 0 else None
-        x_prev, x0 = step(table, i, out, x, z)
+        x_prev, x0 = step(table, i, out, x, z, prev_x0=x0)
         if record:
             xts.append(x)
             x0s.append(x0)
