@@ -22,7 +22,6 @@ from torch import nn
 
 from ddpm.errors import ConfigError
 from ddpm.models.layers import check_common, check_tuple, coerce_tuples, unconditional_forward_check
-from ddpm.models.registry import register
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,6 @@ class BasicUNetConfig:
             )
 
 
-@register("basic", BasicUNetConfig)
 class BasicUNet(nn.Module):
     def __init__(self, config: BasicUNetConfig) -> None:
         super().__init__()

@@ -30,7 +30,6 @@ from ddpm.models.layers import (
     coerce_tuples,
     with_labels,
 )
-from ddpm.models.registry import register
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,6 @@ class SelfAttention(nn.Module):
         return seq.transpose(1, 2).reshape(-1, c, h, w)
 
 
-@register("cond", CondUNetConfig)
 class CondUNet(nn.Module):
     def __init__(self, config: CondUNetConfig) -> None:
         super().__init__()

@@ -35,7 +35,6 @@ from ddpm.models.layers import (
     coerce_tuples,
     with_labels,
 )
-from ddpm.models.registry import register
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,6 @@ class _Level(nn.Module):
         self.attn = nn.ModuleList(attn)
 
 
-@register("ddpm", DDPMUNetConfig)
 class DDPMUNet(nn.Module):
     def __init__(self, config: DDPMUNetConfig) -> None:
         super().__init__()

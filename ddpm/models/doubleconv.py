@@ -39,7 +39,6 @@ from ddpm.models.layers import (
     coerce_tuples,
     with_labels,
 )
-from ddpm.models.registry import register
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,6 @@ class Up(nn.Module):
         return self.time(self.block(torch.cat([skip, x], dim=1)), emb)
 
 
-@register("doubleconv", DoubleConvUNetConfig)
 class DoubleConvUNet(nn.Module):
     def __init__(self, config: DoubleConvUNetConfig) -> None:
         super().__init__()

@@ -9,38 +9,47 @@ round-trip through JSON via ``to_dict`` / ``config_from_dict``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any
 
 from ddpm.errors import ConfigError
 
-_REGISTRY: dict[str, tuple[type, type]] = {}
+#: Built-in presets: arch -> (module, config class, nn.Module class). Named, not imported:
+#: the preset modules import nothing from here, so the registry sits above them with no circle.
+PRESETS: dict[str, tuple[str, str, str]] = {
+    "basic": ("ddpm.models.basic", "BasicUNetConfig", "BasicUNet"),
+    "cond": ("ddpm.models.cond", "CondUNetConfig", "CondUNet"),
+    "ddpm": ("ddpm.models.ddpm_unet", "DDPMUNetConfig", "DDPMUNet"),
+    "doubleconv": ("ddpm.models.doubleconv", "DoubleConvUNetConfig", "DoubleConvUNet"),
+    "unet2d": ("ddpm.models.unet2d", "UNet2DConfig", "UNet2D"),
+    "wang": ("ddpm.models.wang", "WangUNetConfig", "WangUNet"),
+}
+#: Presets registered at run time by user code (``register``), checked after PRESETS.
+_EXTRA: dict[str, tuple[type, type]] = {}
 
 
 def register(arch: str, config_cls: type):
-    """Class decorator: ``@register("ddpm", DDPMUNetConfig)`` on the nn.Module."""
+    """Class decorator for a user preset: ``@register("mine", MyConfig)`` on the nn.Module."""
 
     def deco(model_cls: type) -> type:
-        _REGISTRY[arch] = (config_cls, model_cls)
+        _EXTRA[arch] = (config_cls, model_cls)
         return model_cls
 
     return deco
 
 
-def _load_presets() -> None:
-    # Importing the preset modules runs their @register decorators.
-    from ddpm.models import basic, cond, ddpm_unet, doubleconv, unet2d, wang  # noqa: F401
-
-
 def archs() -> list[str]:
-    _load_presets()
-    return sorted(_REGISTRY)
+    return sorted({*PRESETS, *_EXTRA})
 
 
 def _lookup(arch: str) -> tuple[type, type]:
-    _load_presets()
-    if arch not in _REGISTRY:
-        raise ConfigError(f"unknown arch {arch!r}; expected one of {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[arch]
+    if arch in PRESETS:
+        module, config_name, model_name = PRESETS[arch]
+        mod = importlib.import_module(module)
+        return getattr(mod, config_name), getattr(mod, model_name)
+    if arch in _EXTRA:
+        return _EXTRA[arch]
+    raise ConfigError(f"unknown arch {arch!r}; expected one of {', '.join(archs())}")
 
 
 def config_from_dict(arch: str, d: dict[str, Any]):

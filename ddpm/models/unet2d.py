@@ -35,7 +35,6 @@ from ddpm.models.layers import (
     coerce_tuples,
     unconditional_forward_check,
 )
-from ddpm.models.registry import register
 
 #: Every state_dict key of the adapter is the inner UNet2DModel's key with this prefix.
 PREFIX = "unet."
@@ -119,7 +118,6 @@ def _import_unet2d() -> type:
     return UNet2DModel
 
 
-@register("unet2d", UNet2DConfig)
 class UNet2D(nn.Module):
     """``UNet2DModel`` with our ``forward(x, t, y=None) -> tensor`` signature."""
 

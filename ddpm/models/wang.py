@@ -38,7 +38,6 @@ from ddpm.models.layers import (
     coerce_tuples,
     with_labels,
 )
-from ddpm.models.registry import register
 
 
 @dataclass(frozen=True)
@@ -186,7 +185,6 @@ class _Stage(nn.Module):
         self.block1, self.block2, self.attn, self.resample = block1, block2, attn, resample
 
 
-@register("wang", WangUNetConfig)
 class WangUNet(nn.Module):
     def __init__(self, config: WangUNetConfig) -> None:
         super().__init__()
