@@ -212,15 +212,10 @@ def _check_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
-def randn(
-    shape: int | Sequence[int], *, seed: int, step: int, offset: int = 0
-) -> np.ndarray:
-    """Standard normal float32 array; element k (C order) uses Philox counter ``offset + k``.
-
-    Equals ``tl.randn(triton_seed(seed, step), offset + k)`` (see the module docstring).
-    Raises :class:`ddpm.errors.ConfigError` (a ValueError) for a seed outside 0..2**32-1,
-    a step outside 0..2**31-1 or counters beyond int64.
-    """
+def _checked(
+    shape: int | Sequence[int], seed: int, step: int, offset: int
+) -> tuple[tuple[int, ...], int, int, int, int]:
+    """(dims, numel, seed, step, offset) after the checks both draws share."""
     dims = _check_shape(shape)
     seed = _check_int("seed", seed, 0, SEED_MAX)
     step = _check_int("step", step, 0, STEP_MAX)
@@ -230,8 +225,11 @@ def randn(
         raise ConfigError(
             f"offset {offset} + {n} elements exceeds the int64 counter range ({OFFSET_MAX})"
         )
-    if _c is not None:
-        return _randn_c(n, seed, step, offset).reshape(dims)
+    return dims, n, seed, step, offset
+
+
+def _numpy_draw(n: int, seed: int, step: int, offset: int, finish) -> np.ndarray:
+    """float32 (n,): ``finish(r0, r1)`` of the Philox words of counters offset..offset+n-1."""
     out = np.empty(n, np.float32)
     # Split where the counter's high word changes so each piece has one counter_hi.
     start = 0
@@ -241,6 +239,56 @@ def randn(
         stop = min(n, ((hi + 1) << 32) - offset)
         lo = np.arange(ctr & _M32, (ctr & _M32) + (stop - start), dtype=np.uint32)
         r0, r1 = philox_r0_r1(lo, hi, seed, step)
-        out[start:stop] = _box_muller(r0, r1)
+        out[start:stop] = finish(r0, r1)
         start = stop
-    return out.reshape(dims)
+    return out
+
+
+def randn(
+    shape: int | Sequence[int], *, seed: int, step: int, offset: int = 0
+) -> np.ndarray:
+    """Standard normal float32 array; element k (C order) uses Philox counter ``offset + k``.
+
+    Equals ``tl.randn(triton_seed(seed, step), offset + k)`` (see the module docstring).
+    Raises :class:`ddpm.errors.ConfigError` (a ValueError) for a seed outside 0..2**32-1,
+    a step outside 0..2**31-1 or counters beyond int64.
+    """
+    dims, n, seed, step, offset = _checked(shape, seed, step, offset)
+    if _c is not None:
+        return _randn_c(n, seed, step, offset).reshape(dims)
+    return _numpy_draw(n, seed, step, offset, _box_muller).reshape(dims)
+
+
+def rand(
+    shape: int | Sequence[int], *, seed: int, step: int, offset: int = 0
+) -> np.ndarray:
+    """Uniform [0, 1) float32 array from the same Philox stream as :func:`randn`.
+
+    Element k is ``u(r0)`` of counter ``offset + k`` (the first word, as Box-Muller's u_1 but
+    unclamped), which equals ``tl.rand(triton_seed(seed, step), offset + k)``. Same checks
+    and errors as :func:`randn`.
+    """
+    dims, n, seed, step, offset = _checked(shape, seed, step, offset)
+    return _numpy_draw(n, seed, step, offset, lambda r0, _r1: _uniform(r0)).reshape(dims)
+
+
+def initial_noise(
+    kind: str,
+    shape: int | Sequence[int],
+    *,
+    seed: int,
+    offset: int = 0,
+    value_range: Sequence[float] = (-1.0, 1.0),
+) -> np.ndarray:
+    """The x_T draw a sampler starts from, keyed by (seed, :data:`INIT_STEP`, offset).
+
+    ``kind`` is ``StepTable.init_noise``: "gaussian" is :func:`randn`; "uniform" is
+    :func:`rand` mapped onto ``value_range`` (lo + (hi - lo)·u), the noise seeds/001's
+    ``corrupt()`` blends with, for the "mix" sampler.
+    """
+    if kind == "gaussian":
+        return randn(shape, seed=seed, step=INIT_STEP, offset=offset)
+    if kind == "uniform":
+        lo, hi = (np.float32(v) for v in value_range)
+        return lo + (hi - lo) * rand(shape, seed=seed, step=INIT_STEP, offset=offset)
+    raise ConfigError(f"unknown initial noise {kind!r}; expected gaussian or uniform")
