@@ -92,8 +92,76 @@ def coerce_tuples(config) -> None:
             object.__setattr__(config, f.name, tuple(value))
 
 
+#: Config field -> the ``ddpm.limits`` bound its value (or each entry) must respect.
+#: Fields not listed fall back on the name: "*channels*" / "*dim*" -> CHANNELS.
+FIELD_LIMITS = {
+    "in_channels": "IMAGE_CHANNELS", "out_channels": "IMAGE_CHANNELS",
+    "image_size": "IMAGE_SIZE", "num_classes": "NUM_CLASSES", "attn_resolutions": "IMAGE_SIZE",
+    "channel_mults": "MULT", "dim_mults": "MULT",
+    "num_res_blocks": "BLOCKS", "layers_per_block": "BLOCKS", "num_heads": "BLOCKS",
+    "attn_heads": "BLOCKS", "attn_dim_head": "CHANNELS", "attention_head_dim": "CHANNELS",
+    "kernel_size": "BLOCKS", "num_groups": "CHANNELS", "norm_num_groups": "CHANNELS",
+    "resnet_groups": "CHANNELS", "attn_norm_num_groups": "CHANNELS",
+}
+
+
+def _bound_for(name: str) -> str | None:
+    if name in FIELD_LIMITS:
+        return FIELD_LIMITS[name]
+    if "channels" in name or "dim" in name:
+        return "CHANNELS"
+    return None
+
+
+def check_bounds(config, arch: str) -> None:
+    """Types and ``ddpm.limits`` upper bounds of every numeric field, before any allocation.
+
+    A string where an int belongs, a bool, NaN, or ``base_channels`` 200000 fails here with a
+    one-line ConfigError naming the field, instead of deep inside torch (or after swapping).
+    """
+    from ddpm import limits
+
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        kind = str(f.type)
+        what = f"{f.name} ({arch!r} config)"
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{what} must be true or false, got {value!r}")
+        elif kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value)
+            ):
+                raise ConfigError(f"{what} must be a finite number, got {value!r}")
+        elif kind == "str" or kind.startswith("tuple[str"):
+            items = value if kind.startswith("tuple") else (value,)
+            if not isinstance(items, tuple) or not all(isinstance(v, str) for v in items):
+                raise ConfigError(f"{what} must be text, got {value!r}")
+        elif kind == "int" or kind.startswith("tuple[int"):
+            name = _bound_for(f.name) or "CHANNELS"
+            if kind.startswith("tuple"):
+                if not isinstance(value, tuple):
+                    raise ConfigError(
+                        f"{what} must be a list of integers, got {value!r} "
+                        f"({type(value).__name__})"
+                    )
+                limits.check_int(f"length of {what}", max(len(value), 1), "LEVELS")
+                clean = tuple(limits.check_int(f"entry of {what}", v, name, minimum=0)
+                              for v in value)
+            else:
+                clean = limits.check_int(what, value, name, minimum=-(2**31))
+            object.__setattr__(config, f.name, clean)  # 16.0 from JSON -> 16
+    base = getattr(config, "base_channels", None) or getattr(config, "dim", None)
+    mults = getattr(config, "channel_mults", None) or getattr(config, "dim_mults", None)
+    if isinstance(base, int) and isinstance(mults, tuple) and mults:
+        limits.check_int(f"widest layer base x max(mults) ({arch!r} config)",
+                         base * max(mults), "CHANNELS")
+
+
 def check_common(config, arch: str, num_downsamples: int, conditional: bool = True) -> None:
-    """Checks every preset shares: positive sizes, divisible image size, class support."""
+    """Checks every preset shares: types and upper bounds (:func:`check_bounds`), positive
+    sizes, divisible image size, class support."""
+    check_bounds(config, arch)
     for name in ("in_channels", "out_channels", "image_size"):
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:

@@ -1,0 +1,121 @@
+"""Documented upper bounds, checked before anything is allocated.
+
+A hostile or careless input (``base_channels`` 200000, ``num_train_timesteps`` 1e12, an
+image size of 100000, ``--batch-size`` 1e9) must fail in milliseconds with a one-line
+error instead of swapping or being killed. These bounds are far above any model this toolkit
+trains or samples on one machine; users with larger models raise them:
+
+- ``DDPM_LIMITS=relaxed`` multiplies every bound by 1000.
+- ``DDPM_MAX_<NAME>=N`` sets one bound, e.g. ``DDPM_MAX_IMAGE_SIZE=4096``.
+
+Both are read at each check, so a test or a long-lived service may change them at run time.
+Imports nothing but the stdlib and :mod:`ddpm.errors`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ddpm.errors import ConfigError
+
+#: name -> (default bound, what it bounds). Names are the ``DDPM_MAX_<NAME>`` suffixes.
+DEFAULTS: dict[str, tuple[int, str]] = {
+    "IMAGE_SIZE": (1024, "image height / width in pixels"),
+    "IMAGE_CHANNELS": (16, "image channels (in_channels, out_channels)"),
+    "CHANNELS": (4096, "channels of any layer (base_channels x mult, channel lists, dims)"),
+    "MULT": (64, "one channel multiplier"),
+    "LEVELS": (12, "resolution levels (entries in a channel / multiplier list)"),
+    "BLOCKS": (64, "residual blocks per level, attention heads, head size"),
+    "NUM_CLASSES": (100_000, "class labels of a conditional model"),
+    "TIMESTEPS": (100_000, "training timesteps T"),
+    "BATCH_SIZE": (65_536, "images per batch (--batch-size)"),
+    "NUM_SAMPLES": (65_536, "images per run or sample grid (-n, --num-samples)"),
+    "STEPS": (100_000_000, "optimizer steps (--steps)"),
+    "SAMPLE_STEPS": (100_000, "inference steps"),
+    "CHECKPOINT_BYTES": (16 << 30, "bytes of a checkpoint once decompressed"),
+    "ELEMENTS": (1 << 31, "elements of one tensor (batch x channels x height x width)"),
+}
+
+RELAXED_FACTOR = 1000
+ENV_MODE = "DDPM_LIMITS"
+ENV_PREFIX = "DDPM_MAX_"
+
+
+def limit(name: str) -> int:
+    """The current bound ``name`` (a key of :data:`DEFAULTS`), after the env overrides."""
+    default, _ = DEFAULTS[name]
+    raw = os.environ.get(ENV_PREFIX + name)
+    if raw:
+        try:
+            value = int(float(raw))
+        except ValueError:
+            raise ConfigError(
+                f"{ENV_PREFIX}{name}={raw!r} is not a number; set it to an integer such as "
+                f"{default * 10}"
+            ) from None
+        if value < 1:
+            raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} must be >= 1")
+        return value
+    mode = os.environ.get(ENV_MODE, "").strip().lower()
+    if mode in ("", "default"):
+        return default
+    if mode == "relaxed":
+        return default * RELAXED_FACTOR
+    raise ConfigError(f"{ENV_MODE}={mode!r} is unknown; use 'relaxed' or unset it")
+
+
+def how_to_raise(name: str) -> str:
+    return f"set {ENV_PREFIX}{name}=N or {ENV_MODE}=relaxed to allow more"
+
+
+def check_int(
+    what: str, value: object, name: str, *, minimum: int = 1, field: str | None = None
+) -> int:
+    """``value`` as an int in ``[minimum, limit(name)]``, else ConfigError naming ``what``.
+
+    Bools and floats with a fraction are refused; ``1e3`` (a float equal to an int) is not,
+    because JSON and YAML writers produce those.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(
+            f"{what} must be an integer, got {value!r} ({type(value).__name__}); "
+            f"pass a whole number such as {max(minimum, 1)}",
+            field=field,
+        )
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")) or not value.is_integer():
+            raise ConfigError(
+                f"{what} must be an integer, got {value!r}; pass a whole number", field=field
+            )
+        value = int(value)
+    if value < minimum:
+        raise ConfigError(f"{what} must be >= {minimum}, got {value}", field=field)
+    bound = limit(name)
+    if value > bound:
+        raise ConfigError(
+            f"{what} {value} is above the limit {bound} ({DEFAULTS[name][1]}); use a smaller "
+            f"value or {how_to_raise(name)}",
+            field=field,
+        )
+    return value
+
+
+def check_elements(what: str, shape: tuple[int, ...], *, field: str | None = None) -> None:
+    """Refuse a tensor shape whose element count would exceed ``limit('ELEMENTS')``."""
+    count = 1
+    for d in shape:
+        count *= int(d)
+    bound = limit("ELEMENTS")
+    if count > bound:
+        raise ConfigError(
+            f"{what} of shape {tuple(shape)} has {count} elements, above the limit {bound}; "
+            f"use a smaller batch or image size, or {how_to_raise('ELEMENTS')}",
+            field=field,
+        )
+
+
+def table() -> str:
+    """Markdown table of the bounds and their current values (for docs and --help)."""
+    rows = ["| name | default | bounds |", "|---|---|---|"]
+    rows += [f"| `{ENV_PREFIX}{k}` | {v} | {d} |" for k, (v, d) in DEFAULTS.items()]
+    return "\n".join(rows)
