@@ -10,10 +10,10 @@ from pathlib import Path
 
 import click
 
-from ddpm._cli import friendly_errors
+from ddpm._cli import OneLineCommand, friendly_errors
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("ckpt", type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder [default: the checkpoint's folder].")

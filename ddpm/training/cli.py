@@ -10,12 +10,24 @@ import json
 
 import click
 
-from ddpm._cli import friendly_errors
-from ddpm.errors import ConfigError
+from ddpm._cli import OneLineCommand, friendly_errors
+from ddpm.errors import BackendError, ConfigError
 from ddpm.schedule import BETA_SCHEDULES, PREDICTION_TYPES
 from ddpm.training.config import TrainConfig
 
 D = TrainConfig()  # defaults shown in --help come from the one dataclass
+
+
+def require_train_extra() -> None:
+    """Name the extra to install instead of an ImportError traceback from deep inside."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "tqdm") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise BackendError(
+            f"ddpm-train needs {', '.join(missing)}, which is not installed; "
+            'pip install "ddpm-toolkit[train]"'
+        )
 
 
 def _parse_model_config(text: str | None) -> dict:
@@ -36,7 +48,8 @@ def _parse_model_config(text: str | None) -> dict:
     return value
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=OneLineCommand,
+               context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--dataset", default=D.dataset,
               help="digits (bundled, offline), mnist, fashion-mnist, cifar10, or folder:PATH "
                    "(labels from sub-folders if present).")
@@ -102,6 +115,7 @@ def main(ctx: click.Context, resume: str | None, model_config: str | None, out: 
     config = TrainConfig(out=out or D.out, model_config=_parse_model_config(model_config),
                          **options)
 
+    require_train_extra()
     from ddpm.training.trainer import train  # imports torch
 
     result = train(config, resume=resume, explicit=explicit)
