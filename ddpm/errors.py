@@ -10,9 +10,17 @@ from __future__ import annotations
 
 
 class DDPMError(Exception):
-    """Base class: a problem the user can fix. ``exit_code`` is what a CLI exits with."""
+    """Base class: a problem the user can fix. ``exit_code`` is what a CLI exits with.
+
+    ``field`` names the argument at fault (e.g. ``"steps"``) when one is, so an API caller
+    (a web service answering 400) can point at it without parsing the message.
+    """
 
     exit_code = 2
+
+    def __init__(self, *args: object, field: str | None = None) -> None:
+        super().__init__(*args)
+        self.field = field
 
 
 class ConfigError(DDPMError, ValueError):
@@ -51,3 +59,27 @@ class ShapeError(ValidationError):
 
 class AtolError(ValidationError):
     """An exported model's output differs from the reference by more than ``atol``."""
+
+
+class Cancelled(DDPMError):
+    """A sampling request was stopped by its ``cancel`` event or its ``deadline``.
+
+    ``reason`` is ``"cancelled"`` or ``"deadline"``.
+    """
+
+    exit_code = 1
+
+    def __init__(self, *args: object, reason: str = "cancelled") -> None:
+        super().__init__(*args)
+        self.reason = reason
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of ``str(exc)`` (at most ``limit`` chars), else its type name.
+
+    For quoting a foreign library's exception inside one of our one-line messages.
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__

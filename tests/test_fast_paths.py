@@ -73,7 +73,7 @@ def test_precision_int8_without_the_file_is_one_line_exit_2(exported):
 
 def test_unknown_precision_is_rejected(exported):
     from ddpm.errors import BackendError
-    from ddpm.runtime.backends import resolve_file
+    from ddpm.runtime.engines import resolve_file
 
     with pytest.raises(BackendError, match="unknown precision"):
         resolve_file(exported("unet2d", False)["onnx"], "ort", "bf16")

@@ -71,11 +71,11 @@ def test_sample_returns_uint8_nhwc_images_and_float_samples(uncond_sampler):
 
 def test_loop_matches_schedule_step_with_counter_noise(uncond_sampler):
     """The runtime loop is exactly: x_T = randn(INIT_STEP), then schedule.step with randn(i)."""
-    be = uncond_sampler._backend
+    be = uncond_sampler.engine
     table = step_table(uncond_sampler.contract.schedule_config, 4, sampler="ddpm")
     x = randn((2, 1, 8, 8), seed=7, step=INIT_STEP)
     for i, t in enumerate(table.timesteps):
-        out = be(x, np.full(2, t, np.int64), None)
+        out = be.run(x, np.full(2, t, np.int64), None)
         x, _ = step(table, i, out, x, randn((2, 1, 8, 8), seed=7, step=i))
     r = uncond_sampler.sample(2, steps=4, seed=7)
     np.testing.assert_array_equal(r.samples, x)
@@ -119,13 +119,13 @@ def test_labels_default_cycle_through_classes(cond_sampler):
 def test_guidance_combines_cond_and_null_outputs(cond_sampler, w):
     """One DDIM step (no noise): x0 must come from out_u + w * (out_c - out_u)."""
     c = cond_sampler.contract
-    be = cond_sampler._backend
+    be = cond_sampler.engine
     table = step_table(c.schedule_config, 1, sampler="ddim")
     x = randn((2, 1, 8, 8), seed=5, step=INIT_STEP)
     t = np.full(2, table.timesteps[0], np.int64)
     y = np.array([1, 2])
-    out_c = be(x, t, y)
-    out_u = be(x, t, np.full(2, c.null_label))
+    out_c = be.run(x, t, y)
+    out_u = be.run(x, t, np.full(2, c.null_label))
     assert np.abs(out_c - out_u).max() > 1e-3  # the label matters, so the test can fail
     want, _ = step(table, 0, out_u + np.float32(w) * (out_c - out_u), x, None)
     got = cond_sampler.sample(2, steps=1, sampler="ddim", seed=5, labels=[1, 2], guidance=w)
@@ -134,17 +134,20 @@ def test_guidance_combines_cond_and_null_outputs(cond_sampler, w):
 
 def test_guidance_one_is_the_plain_conditional_call(cond_sampler):
     calls = []
-    be = cond_sampler._backend
+    be = cond_sampler.engine
 
-    class Spy:
-        contract, name, device = be.contract, be.name, be.device
+    class Spy:  # a minimal engine: the protocol only, no session holding
+        contract, name, device, path = be.contract, be.name, be.device, be.path
 
-        def __call__(self, x, t, y):
+        def run(self, x, t, y):
             calls.append(x.shape[0])
-            return be(x, t, y)
+            return be.run(x, t, y)
 
-    Sampler(Spy()).sample(3, steps=2, guidance=1.0)
-    Sampler(Spy()).sample(3, steps=2, guidance=2.0)
+        def close(self):
+            pass
+
+    Sampler.from_engine(Spy()).sample(3, steps=2, guidance=1.0)
+    Sampler.from_engine(Spy()).sample(3, steps=2, guidance=2.0)
     assert calls == [3, 3, 6, 6]  # w=1: B per call; w!=1: cond + uncond batched as 2B
 
 
@@ -182,12 +185,12 @@ def test_cpu_batch_split_across_threads_changes_no_image(damped):
     B == 1 on one 2-thread session; every image equals the 1-thread run bit for bit."""
     one = Sampler.from_path(damped["cond"], num_threads=1)
     two = Sampler.from_path(damped["cond"], num_threads=2)
-    for n, kw in [(5, {}), (1, {}), (4, {"guidance": 2.0})]:  # guidance: the model sees 2n
+    for n, kw in [(5, {"guidance": 1.0}), (1, {"guidance": 1.0}), (4, {"guidance": 2.0})]:  # guidance: the model sees 2n
         want = one.sample(n, steps=4, seed=5, batch_size=n, **kw).samples
         np.testing.assert_array_equal(two.sample(n, steps=4, seed=5, batch_size=n, **kw).samples, want)
     # (threads, batch) of the sessions used: 5 -> chunks 2 + 3, 1 -> whole, 2x4 -> 4 + 4
-    assert set(two._backend._fixed) == {(1, 2), (1, 3), (2, 1), (1, 4)}
-    assert set(one._backend._fixed) == {(1, 5), (1, 1), (1, 8)}
+    assert set(two.engine.sessions.keys()) == {(1, 2), (1, 3), (2, 1), (1, 4)}
+    assert set(one.engine.sessions.keys()) == {(1, 5), (1, 1), (1, 8)}
 
 
 def test_spin_only_inside_a_call_and_same_images(damped):
@@ -197,21 +200,20 @@ def test_spin_only_inside_a_call_and_same_images(damped):
     for spin in (False, True):
         s = Sampler.from_path(damped["uncond"], num_threads=2, spin=spin)
         np.testing.assert_array_equal(s.sample(1, steps=3, seed=4).samples, base)
-        so = s._backend._fixed[(2, 1)].get_session_options()
+        so = s.engine.sessions.acquire((2, 1)).get_session_options()
+        s.engine.sessions.release((2, 1))
         assert so.intra_op_num_threads == 2
         assert so.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spin else "0")
         if spin:
             assert so.get_session_config_entry("session.force_spinning_stop") == "1"
 
 
-def test_fixed_batch_sessions_are_bounded(damped, monkeypatch):
-    from ddpm.runtime import backends
-
-    monkeypatch.setattr(backends, "MAX_FIXED_SESSIONS", 2)
-    s = Sampler.from_path(damped["uncond"], num_threads=1)
+def test_fixed_batch_sessions_are_bounded(damped):
+    s = Sampler.from_path(damped["uncond"], num_threads=1, max_sessions=2)
     for n in (1, 2, 3, 2):
         s.sample(n, steps=1, batch_size=n)
-    assert list(s._backend._fixed) == [(1, 3), (1, 2)]  # least recently used (1, 1) dropped
+    assert s.engine.sessions.keys() == [(1, 3), (1, 2)]  # least recently used (1, 1) dropped
+    assert s.engine.sessions.created == 3
 
 
 @pytest.mark.parametrize(
@@ -239,34 +241,39 @@ def test_ort_torchscript_torch_agree(damped, kind, steps, guidance):
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(n=0), "-n 1 or more"),
-        (dict(steps=0), r"--steps in 1\.\.1000"),
-        (dict(steps=1001), r"--steps in 1\.\.1000"),
+        (dict(n=0), "n must be an integer >= 1, got 0"),
+        (dict(steps=0), r"steps must be an integer in 1\.\.1000, got 0 \(the model was trained with T=1000\)"),
+        (dict(steps=1001), r"steps must be an integer in 1\.\.1000"),
         (dict(sampler="euler"), "ddpm or ddim"),
-        (dict(eta=0.5), "only to --sampler ddim"),
-        (dict(labels=4), r"--label in 0\.\.2"),
+        (dict(eta=0.5), "only to sampler 'ddim'"),
+        (dict(labels=4), r"labels in 0\.\.2"),
         (dict(labels=[0, 1]), "one per sample"),
-        (dict(guidance=-1.0), "guidance"),
-        (dict(seed=-1), "--seed"),
-        (dict(batch_size=0), "--batch-size"),
+        (dict(guidance=-1.0), "guidance must be a finite number"),
+        (dict(seed=-1), "seed must be an integer"),
+        (dict(batch_size=0), "batch_size must be an integer >= 1"),
     ],
 )
 def test_bad_requests_raise_config_error_before_any_model_call(cond_sampler, kw, match):
     class Boom:
-        contract, name, device = cond_sampler.contract, "ort", "cpu"
+        contract, name, device, path = cond_sampler.contract, "ort", "cpu", None
 
-        def __call__(self, *a):
+        def run(self, *a):
             raise AssertionError("the model was called before validation finished")
 
+        def close(self):
+            pass
+
     args = {"n": 3, **kw}
-    with pytest.raises(ConfigError, match=match):
-        Sampler(Boom()).sample(args.pop("n"), **args)
+    with pytest.raises(ConfigError, match=match) as e:
+        Sampler.from_engine(Boom()).sample(args.pop("n"), **args)
+    assert e.value.field == next(iter(kw))  # the argument at fault, for an API caller
+    assert "--" not in str(e.value)  # API messages name arguments, not CLI flags
 
 
 def test_unconditional_model_refuses_labels_and_guidance(uncond_sampler):
-    with pytest.raises(ConfigError, match="drop --label"):
+    with pytest.raises(ConfigError, match="pass no labels"):
         uncond_sampler.sample(2, labels=0)
-    with pytest.raises(ConfigError, match="drop --guidance"):
+    with pytest.raises(ConfigError, match="pass no guidance"):
         uncond_sampler.sample(2, guidance=3.0)
 
 

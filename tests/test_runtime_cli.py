@@ -58,9 +58,12 @@ def test_writes_grid_npz_and_trajectory(models, tmp_path):
              "--threads", 1, "--out", out, "--npz", npz, "--trajectory", traj])
     assert r.exit_code == 0, r.output
     assert "5 images 8x8x1" in r.stdout and "images/s" in r.stdout
-    assert _png_size(out) == (3 * 10 + 2, 2 * 10 + 2)  # ceil(sqrt 5)=3 per row, 8px + 2px pad
+    # ceil(sqrt 5)=3 per row, 8px + 2px pad: 32 x 22, enlarged 16x so the long side is 512 px
+    assert _png_size(out) == (16 * (3 * 10 + 2), 16 * (2 * 10 + 2))
     # 4 steps -> 4 strip columns + the final image; 2 rows (x_t, x0) for each of 4 samples
-    assert _png_size(traj) == (5 * 10 + 2, 8 * 10 + 2)
+    # (82 px tall before scaling: 7x), plus the label margins on the top and left
+    w, h = _png_size(traj)
+    assert h > 7 * (8 * 10 + 2) and w > 7 * (5 * 10 + 2)
     with np.load(npz) as z:
         want = Sampler.from_path(models["cond"], num_threads=1).sample(
             5, steps=4, seed=3, guidance=3.0  # ddpm-run's default guidance for conditional models
@@ -84,15 +87,15 @@ def _case(models, broken, tmp_path, name):
     out = tmp_path / "out.png"
     m = {"uncond": models["uncond"], "cond": models["cond"]}
     cases = {
-        "steps0": (["--model", m["uncond"], "--steps", 0], r"--steps in 1..1000"),
-        "steps_gt_T": (["--model", m["uncond"], "--steps", 1001], r"--steps in 1..1000"),
+        "steps0": (["--model", m["uncond"], "--steps", 0], "--steps: steps must be an integer in 1..1000"),
+        "steps_gt_T": (["--model", m["uncond"], "--steps", 1001], "--steps: steps must be an integer in 1..1000"),
         "steps_not_int": (["--model", m["uncond"], "--steps", "ten"], "'ten' is not a valid integer"),
-        "n0": (["--model", m["uncond"], "-n", 0], "-n 1 or more"),
-        "label_out_of_range": (["--model", m["cond"], "--label", 4], "--label in 0..2"),
-        "label_negative": (["--model", m["cond"], "--label", -1], "--label in 0..2"),
+        "n0": (["--model", m["uncond"], "-n", 0], "-n: n must be an integer >= 1"),
+        "label_out_of_range": (["--model", m["cond"], "--label", 4], "--label: label 4 is out of range"),
+        "label_negative": (["--model", m["cond"], "--label", -1], "labels in 0..2"),
         "label_on_uncond": (["--model", m["uncond"], "--label", 0], "unconditional"),
-        "guidance_on_uncond": (["--model", m["uncond"], "--guidance", 2], "drop --guidance"),
-        "eta_with_ddpm": (["--model", m["uncond"], "--eta", 0.5], "--sampler ddim"),
+        "guidance_on_uncond": (["--model", m["uncond"], "--guidance", 2], "--guidance: guidance 2.0 needs a class-conditional"),
+        "eta_with_ddpm": (["--model", m["uncond"], "--eta", 0.5], "--eta: eta=0.5 applies only to sampler 'ddim'"),
         "cuda_without_provider": (["--model", m["uncond"], "--device", "cuda"], 'ddpm-toolkit[gpu]'),
         "unknown_backend": (["--model", m["uncond"], "--backend", "tf"], "ort, torchscript, torch"),
         "no_contract": (["--model", broken["no_contract"]], "no ddpm contract"),

@@ -50,7 +50,7 @@ def test_runtime_sources_have_no_module_level_torch_import():
     import ddpm.runtime
 
     offenders = []
-    for f in Path(ddpm.runtime.__file__).parent.glob("*.py"):
+    for f in Path(ddpm.runtime.__file__).parent.rglob("*.py"):
         for n, line in enumerate(f.read_text().splitlines(), 1):
             if line.startswith(("import torch", "from torch", "import triton", "from triton")):
                 offenders.append(f"{f.name}:{n}")

@@ -8,17 +8,41 @@ nothing but numpy + onnxruntime on the default path.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
 import click
 
+from ddpm import defaults
 from ddpm._cli import friendly_errors
 from ddpm._io import check_writable_dir
-from ddpm.errors import OutputError
+from ddpm.errors import DDPMError, OutputError
 
-#: Classifier-free guidance scale used for conditional models when --guidance is not given.
-DEFAULT_GUIDANCE = 3.0
+#: API argument (``DDPMError.field``) -> the ddpm-run flag that sets it.
+FLAGS = {
+    "n": "-n", "steps": "--steps", "sampler": "--sampler", "eta": "--eta", "seed": "--seed",
+    "labels": "--label", "guidance": "--guidance", "batch_size": "--batch-size",
+    "backend": "--backend", "device": "--device", "precision": "--precision", "path": "--model",
+    "num_threads": "--threads", "scale": "--scale", "out": "--out",
+    "trajectory_samples": "--trajectory-samples",
+}
+
+
+def flag_errors(fn):
+    """Prefix an API error's message with the flag of its ``field`` (``--steps: ...``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DDPMError as e:
+            flag = FLAGS.get(e.field or "")
+            if flag is None or str(e).startswith(flag):
+                raise
+            raise type(e)(f"{flag}: {e}", field=e.field) from None
+
+    return wrapper
 
 
 class _OneLineCommand(click.Command):
@@ -52,31 +76,39 @@ def check_output(path: str | None, what: str) -> Path | None:
     return p
 
 
+D = defaults
+
+
 @click.command(cls=_OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model", default=None, help="model.onnx / model.ts / ckpt.pt (or its folder). Default: the bundled digits model.")
-@click.option("--steps", default=50, show_default=True, type=int, help="Inference steps (1..training T).")
-@click.option("--sampler", default="ddpm", show_default=True, help="ddpm (ancestral) or ddim.")
-@click.option("--eta", default=0.0, show_default=True, type=float, help="DDIM eta (0 = deterministic).")
+@click.option("--model", "model", default=None, help="model.onnx / model.ts / ckpt.pt, or its folder (ort on CPU then prefers model_optimized.onnx). Default: the bundled digits model.")
+@click.option("--steps", default=D.STEPS, show_default=True, type=int, help="Inference steps (1..training T).")
+@click.option("--sampler", default=D.SAMPLER, show_default=True, help="ddpm (ancestral) or ddim.")
+@click.option("--eta", default=D.ETA, show_default=True, type=float, help="DDIM eta (0 = deterministic).")
 @click.option("--backend", default="ort", show_default=True, help="ort | torchscript | torch.")
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda.")
-@click.option("-n", "n", default=16, show_default=True, type=int, help="Number of images.")
-@click.option("--batch-size", default=None, type=int, help="Images per model call (default 64); does not change the images.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Noise seed (0..2**32-1).")
+@click.option("-n", "n", default=D.N, show_default=True, type=int, help="Number of images.")
+@click.option("--batch-size", default=None, type=int, help=f"Images per model call (default {D.BATCH_SIZE}); does not change the images.")
+@click.option("--seed", default=D.SEED, show_default=True, type=int, help="Noise seed (0..2**32-1).")
 @click.option("--label", default=None, type=int, help="Class for all images (conditional models; K = the null label gives unconditional samples). Default: labels 0..K-1 cycling.")
-@click.option("--guidance", default=None, type=float, help=f"Classifier-free guidance scale (conditional models; default {DEFAULT_GUIDANCE}).")
-@click.option("--out", default="samples.png", show_default=True, help="PNG grid to write.")
+@click.option("--guidance", default=None, type=float, help=f"Classifier-free guidance scale (conditional models; default {D.GUIDANCE_CONDITIONAL}).")
+@click.option("--out", default="samples.png", show_default=True, help="Grid image to write; the extension picks the format: .png, or .jpg/.jpeg/.webp with Pillow installed.")
+@click.option("--scale", default=None, type=int, help=f"Enlarge the grid this many times, nearest neighbour (default: enough for {D.GRID_MIN_PIXELS} px).")
 @click.option("--npz", default=None, help="Also write float samples (and labels) as .npz.")
-@click.option("--trajectory", default=None, help="Also write the denoising strip (x_t and x0 every few steps) as PNG.")
-@click.option("--precision", default="fp32", show_default=True, help="fp32 | int8 (ort: the model_int8.onnx written by ddpm-export --int8).")
-@click.option("--spin", is_flag=True, help="ort CPU: let pool threads spin-wait inside a model call (~10 % faster for a single image on an idle machine, slower on a busy one).")
+@click.option("--trajectory", default=None, help="Also write the denoising strip (x_t and x0 every few steps, labelled) as an image.")
+@click.option("--trajectory-samples", default=D.TRAJECTORY_SAMPLES, show_default=True, type=int, help="Samples shown in the --trajectory strip.")
+@click.option("--precision", default="fp32", show_default=True, help="fp32 | int8 | fp16 (ort: the model_int8.onnx / model_fp16.onnx written by ddpm-export --int8 / --fp16).")
+@click.option("--spin", is_flag=True, help="ort CPU: let pool threads spin-wait inside a model call (faster for a single image on an idle machine, slower on a busy one).")
 @click.option("--threads", default=None, type=int, help="CPU threads for ONNX Runtime (default: physical cores).")
 @click.option("--tensorrt", is_flag=True, help="ort + cuda: try the TensorRT EP first (opt-in).")
 @click.option("--cuda-graph", is_flag=True, help="ort + cuda: capture the model run as a CUDA graph.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 @friendly_errors
-def main(model, steps, sampler, eta, backend, device, n, batch_size, seed, label, guidance,
-         out, npz, trajectory, precision, spin, threads, tensorrt, cuda_graph, progress) -> None:
-    """Sample images from an exported DDPM model and write them as a PNG grid."""
+@flag_errors
+def main(model, steps, sampler, eta, backend, device, n, batch_size, seed, label, guidance, out, scale,
+         npz, trajectory, trajectory_samples, precision, spin, threads, tensorrt, cuda_graph, progress) -> None:
+    """Sample images from an exported DDPM model and write them as an image grid."""
+    from ddpm.images import image_format
+    from ddpm.runtime.plan import check_int
     from ddpm.runtime.sampler import Sampler
 
     outputs = [(out, "--out"), (npz, "--npz"), (trajectory, "--trajectory")]
@@ -85,11 +117,15 @@ def main(model, steps, sampler, eta, backend, device, n, batch_size, seed, label
     given = [str(Path(p).resolve()) for p, _ in outputs if p]
     if len(set(given)) != len(given):
         raise OutputError("--out, --npz and --trajectory must be different files")
+    for path in (out, trajectory):
+        if path:
+            image_format(path)  # unknown extension, or JPEG/WebP without Pillow: refuse now
+    if scale is not None:
+        check_int("scale", scale, 1, D.MAX_SCALE)
+    check_int("trajectory_samples", trajectory_samples, 1)
 
     s = Sampler.from_path(model, backend, device, num_threads=threads, tensorrt=tensorrt, cuda_graph=cuda_graph,
-                           precision=precision, spin=spin)
-    if guidance is None:
-        guidance = DEFAULT_GUIDANCE if s.contract.conditional else 1.0
+                          precision=precision, spin=spin)
     plan = s.plan(n, steps=steps, sampler=sampler, eta=eta, seed=seed, labels=label,
                   guidance=guidance, batch_size=batch_size)
 
@@ -98,20 +134,22 @@ def main(model, steps, sampler, eta, backend, device, n, batch_size, seed, label
     with click.progressbar(length=total, label="sampling", file=sys.stderr, hidden=not show) as bar:
         result = s.run(plan, trajectory=trajectory is not None, progress=lambda d, t: bar.update(1))
 
-    from ddpm.images import save_grid
+    from ddpm.images import make_grid, write_image
 
-    save_grid(out, result.images)
+    grid = make_grid(result.images)
+    write_image(out, make_grid(result.images, scale=scale or D.grid_scale(*grid.shape[:2])))
     if npz:
         _save_npz(npz, result)
     if trajectory:
         from ddpm.runtime.trajectory import save_trajectory
 
-        save_trajectory(trajectory, result, s.contract.value_range)
+        save_trajectory(trajectory, result, s.contract.value_range, samples=trajectory_samples, scale=scale)
     c, h, w = s.contract.image_shape
     extra = "".join(f", {p}" for p in (npz, trajectory) if p)
     click.echo(
         f"wrote {out}{extra}: {plan.n} images {h}x{w}x{c}, {plan.steps} {plan.table.sampler} steps, "
-        f"{s.backend}/{s.device}, {result.seconds:.2f}s ({plan.n / result.seconds:.1f} images/s)"
+        f"{s.backend}/{s.device} from {s.engine.path}, {result.seconds:.2f}s "
+        f"({plan.n / result.seconds:.1f} images/s)"
     )
 
 

@@ -8,15 +8,13 @@ messages instead of tracebacks from inside the C++ extension.
 CPU sessions are tuned for sampling: a diffusion loop calls the same fixed-shape graph
 hundreds of times, so we want all graph optimisations, the batch dimension fixed per session
 (``fixed_dims``), threads sized to the physical cores (SMT siblings only add contention for
-conv kernels; :class:`ddpm.runtime.backends.OrtBackend` spends them on batch chunks run side
+conv kernels; :class:`ddpm.runtime.engines.ort.OrtEngine` spends them on batch chunks run side
 by side rather than on one pool) and sequential execution (a UNet graph has little inter-op
 parallelism to exploit). Pool threads do not spin-wait
 between ops unless asked (``spin=True``): on a machine shared with another busy process a
 spinning pool steals the cycles its own peer needs. Only a multi-threaded session spins,
-which the runtime uses for a batch it cannot split (one image). Measured on the issue-7
-UNet2DModel at batch 1 (2 cores): idle machine 7.4-8.0 ms per call without spinning,
-6.7-7.1 with; one core busy with another process 8.7 without, 11.0-11.6 with (14.4 when the
-pool also spins between runs, which ``force_spinning_stop`` prevents).
+which the runtime uses for a batch it cannot split (one image); ``force_spinning_stop``
+keeps the pool from spinning between runs. Measured figures: docs/notes/runtime.md.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ddpm.artifact import Contract
-from ddpm.errors import ArtifactError, BackendError
+from ddpm.errors import ArtifactError, BackendError, first_line
 
 GPU_HINT = 'pip install "ddpm-toolkit[gpu]"'
 CPU_HINT = 'pip install "ddpm-toolkit[cpu]"'
@@ -96,7 +94,7 @@ def providers_for(ort: Any, device: str, *, tensorrt: bool = False, cuda_graph: 
         raise BackendError(
             "device 'cuda' needs onnxruntime's CUDAExecutionProvider, which this install lacks "
             f"(available: {', '.join(sorted(available))}); install the GPU build with "
-            f"`pip uninstall -y onnxruntime && {GPU_HINT}`, or pass --device cpu"
+            f"`pip uninstall -y onnxruntime && {GPU_HINT}`, or use device 'cpu'"
         )
     cuda_opts = {"device_id": 0}
     if cuda_graph:
@@ -153,9 +151,8 @@ def create_session(
             str(path), sess_options=session_options(ort, num_threads, spin, fixed_dims), providers=providers
         )
     except Exception as e:  # ORT raises its own pybind exception types (InvalidProtobuf, Fail...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ArtifactError(
-            f"{path}: onnxruntime cannot load this model ({first[:300]}); the file is corrupt "
+            f"{path}: onnxruntime cannot load this model ({first_line(e)}); the file is corrupt "
             "or incomplete: re-export it with `ddpm-export CKPT`"
         ) from None
     got = tuple(i.name for i in sess.get_inputs())

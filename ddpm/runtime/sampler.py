@@ -1,20 +1,16 @@
 """The embeddable sampler: ``Sampler.from_path(path).sample(n)`` -> uint8 images.
 
-The loop (DDPM, Ho et al. 2020, Alg. 2; DDIM, Song et al. 2021, eq. 12) is the same for
-every CPU backend: draw x_T, then for each row i of the :class:`ddpm.schedule.StepTable`
-call the network, combine classifier-free guidance, and apply :func:`ddpm.schedule.step`
-with the counter-based noise of :mod:`ddpm.noise`. Noise is keyed by (seed, step, offset)
-with offset = global sample index * elements per sample, so splitting the request into
-batches of any size never changes an image. A backend that keeps x_t on a device (CUDA)
-supplies its own ``run_batch`` with the same inputs and contract.
-
-A Sampler holds only immutable state after construction (contract, backend session), so
-any number of threads may call :meth:`Sampler.sample` on one instance at once.
+A Sampler pairs an engine (:mod:`ddpm.runtime.engines`: runs the network) with a loop
+(:mod:`ddpm.runtime.loops`: noise, guidance and the update around it). After construction
+it holds only immutable state plus the engine's caches, so any number of threads (or
+asyncio tasks, via :meth:`Sampler.asample`) may sample from one instance at once.
 """
 
 from __future__ import annotations
 
-import math
+import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,17 +20,16 @@ from typing import Any
 import numpy as np
 
 from ddpm.artifact import Contract
-from ddpm.errors import ArtifactError
-from ddpm.images import to_uint8
-from ddpm.noise import INIT_STEP, randn
+from ddpm.errors import ArtifactError, BackendError, Cancelled
+from ddpm.images import encode_png, make_grid, to_uint8
 from ddpm.runtime.assets import default_model_path
-from ddpm.runtime.backends import load_backend
+from ddpm.runtime.engines import Engine, open_engine
+from ddpm.runtime.loops import select_loop
+from ddpm.runtime.loops.guidance import uses_cfg
 from ddpm.runtime.plan import Plan, make_plan
-from ddpm.schedule import step
 
 #: progress(done_model_steps, total_model_steps), called after every loop step.
 Progress = Callable[[int, int], None]
-Predict = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -54,61 +49,38 @@ class SampleResult:
     xt: np.ndarray | None = None
     x0: np.ndarray | None = None
 
-
-def guided(predict: Predict, x: np.ndarray, t: np.ndarray, y: np.ndarray | None, plan: Plan) -> np.ndarray:
-    """Network output with classifier-free guidance (Ho & Salimans 2022, eq. 6).
-
-    Conditional and unconditional halves go through the model as one batch of 2B:
-    out = out_u + w * (out_c - out_u). w == 1 is exactly the conditional output, so it
-    skips the unconditional half.
-    """
-    if y is None or plan.guidance == 1.0:
-        return predict(x, t, y)
-    b = x.shape[0]
-    null = np.full_like(y, plan.null_label)
-    out = predict(np.concatenate([x, x]), np.concatenate([t, t]), np.concatenate([y, null]))
-    out_c, out_u = out[:b], out[b:]  # (B, C, H, W) each
-    return out_u + np.float32(plan.guidance) * (out_c - out_u)
+    def png_bytes(self, grid: bool = True, scale: int = 1) -> bytes | list[bytes]:
+        """PNG file contents in memory: one grid of all images, or one PNG per image;
+        ``scale`` enlarges by pixel repetition (nearest neighbour)."""
+        if grid:
+            return encode_png(make_grid(self.images, scale=scale))
+        return [encode_png(make_grid(img[None], pad=0, scale=scale)) for img in self.images]
 
 
-def run_batch(
-    predict: Predict,
-    plan: Plan,
-    image_shape: tuple[int, int, int],
-    start: int,
-    stop: int,
-    *,
-    record: bool,
-    tick: Callable[[], None],
-) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-    """Sample [start, stop) on the host; returns (x_0 batch, [x_t per step], [x̂0 per step])."""
-    table = plan.table
-    shape = (stop - start, *image_shape)  # (B, C, H, W)
-    offset = start * math.prod(image_shape)  # global element index of this batch's first sample
-    x = randn(shape, seed=plan.seed, step=INIT_STEP, offset=offset)
-    y = None if plan.labels is None else plan.labels[start:stop]
-    xts: list[np.ndarray] = []
-    x0s: list[np.ndarray] = []
-    x0 = None  # previous step's x̂0: the extra state of multistep samplers
-    for i, t in enumerate(table.timesteps):
-        tt = np.full(shape[0], t, dtype=np.int64)
-        out = guided(predict, x, tt, y, plan)
-        z = randn(shape, seed=plan.seed, step=i, offset=offset) if table.sigma[i] != 0 else None
-        x_prev, x0 = step(table, i, out, x, z, prev_x0=x0)
-        if record:
-            xts.append(x)
-            x0s.append(x0)
-        x = x_prev
-        tick()
-    return x, xts, x0s
+def _stop_check(cancels: Sequence[threading.Event], deadline: float | None) -> Callable[[], None] | None:
+    """A check run before every step: raises Cancelled once an event is set or past ``deadline``."""
+    if not cancels and deadline is None:
+        return None
+
+    def check() -> None:
+        if any(ev.is_set() for ev in cancels):
+            raise Cancelled("sampling was cancelled by its cancel event", reason="cancelled")
+        if deadline is not None and time.monotonic() >= deadline:
+            raise Cancelled(
+                f"sampling passed its deadline ({time.monotonic() - deadline:.3f} s ago); "
+                "allow more time or request fewer steps/images", reason="deadline",
+            )
+
+    return check
 
 
 class Sampler:
-    """Samples an exported model. Build with :meth:`from_path` or :meth:`default`."""
+    """Samples an exported model. Build with :meth:`from_path`, :meth:`default` or
+    :meth:`from_engine`; use as a context manager (or call :meth:`close`) to free sessions."""
 
-    def __init__(self, backend: Any, *, path: Path | None = None) -> None:
-        self._backend = backend
-        self.contract: Contract = backend.contract
+    def __init__(self, engine: Engine, *, path: Path | None = None, loop: str | None = None) -> None:
+        self.engine = engine
+        self.contract: Contract = engine.contract
         c_out = self.contract.outputs[0].shape[1:2]
         if c_out and isinstance(c_out[0], int) and c_out[0] != self.contract.image_channels:
             # e.g. a learned-variance head (2C channels): the step tables assume fixed variance
@@ -116,9 +88,17 @@ class Sampler:
                 f"{path}: the model predicts {c_out[0]} channels but samples have "
                 f"{self.contract.image_channels}; only fixed-variance models can be sampled"
             )
-        self.backend: str = backend.name
-        self.device: str = backend.device
+        self.backend: str = engine.name
+        self.device: str = engine.device
         self.path = path
+        self._loop = select_loop(engine, loop)
+        self.loop: str = self._loop.name
+        self._closed = False
+
+    @classmethod
+    def from_engine(cls, engine: Engine, *, loop: str | None = None) -> Sampler:
+        """Wrap any object following :class:`ddpm.runtime.engines.base.Engine`."""
+        return cls(engine, path=getattr(engine, "path", None), loop=loop)
 
     @classmethod
     def from_path(
@@ -128,28 +108,24 @@ class Sampler:
         device: str = "cpu",
         *,
         num_threads: int | None = None,
-        tensorrt: bool = False,
-        cuda_graph: bool = False,
-        weights: str = "ema",
-        precision: str = "fp32",
-        spin: bool = False,
+        loop: str | None = None,
+        **options: Any,
     ) -> Sampler:
         """Open a model.onnx (``ort``), model.ts (``torchscript``) or ckpt.pt (``torch``).
 
         ``path`` may be the file or the folder holding it; None means the bundled digits
-        model. ``num_threads`` overrides the CPU session's intra-op threads (default: the
-        physical cores); ``tensorrt`` / ``cuda_graph`` are opt-in CUDA options;
-        ``precision="int8"`` opens the model_int8.onnx beside ``path`` (ddpm-export --int8);
-        ``spin`` lets ORT's CPU pool spin-wait (faster only on an otherwise idle machine).
+        model. ``num_threads`` caps this Sampler's CPU threads (default: the physical cores;
+        all Samplers together stay within :func:`ddpm.runtime.set_thread_budget`).
+        ``options`` go to the engine: ``precision="int8"`` opens the model_int8.onnx beside
+        ``path``; ``spin`` lets ORT's pool spin-wait (faster only on an idle machine);
+        ``max_sessions`` / ``max_session_bytes`` bound the ORT session cache;
+        ``tensorrt`` / ``cuda_graph`` are opt-in CUDA options; ``weights`` ("ema" or
+        "model") picks the torch backend's weights.
         """
         if path is None:
             path = default_model_path(backend)
-        b = load_backend(
-            path, backend, device,
-            num_threads=num_threads, tensorrt=tensorrt, cuda_graph=cuda_graph, weights=weights,
-            precision=precision, spin=spin,
-        )
-        return cls(b, path=Path(path))
+        engine = open_engine(path, backend, device, num_threads=num_threads, **options)
+        return cls(engine, path=Path(path), loop=loop)
 
     @classmethod
     def default(cls, **kw: Any) -> Sampler:
@@ -164,35 +140,77 @@ class Sampler:
     def num_classes(self) -> int:
         return self.contract.num_classes
 
-    def plan(self, n: int, **kw: Any) -> Plan:
+    def plan(self, n: int, **request: Any) -> Plan:
         """Validate a request (same keywords as :meth:`sample`) without running it."""
-        return make_plan(self.contract, n, **kw)
+        return make_plan(self.contract, n, **request)
 
     def sample(
         self,
-        n: int,
-        steps: int = 50,
-        sampler: str = "ddpm",
-        eta: float = 0.0,
-        seed: int = 0,
+        n: int | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        eta: float | None = None,
+        seed: int | None = None,
         labels: int | Sequence[int] | None = None,
-        guidance: float = 1.0,
+        guidance: float | None = None,
         batch_size: int | None = None,
         trajectory: bool = False,
         progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+        deadline: float | None = None,
     ) -> SampleResult:
-        """Draw ``n`` images. ``labels``: one class for all, one per sample, or None (a
-        conditional model then cycles 0..K-1). ``guidance`` w: classifier-free guidance
-        scale (1 = plain conditional). Raises ConfigError before any work on bad input."""
-        plan = make_plan(
-            self.contract, n, steps=steps, sampler=sampler, eta=eta, seed=seed,
-            labels=labels, guidance=guidance, batch_size=batch_size,
-        )
-        return self.run(plan, trajectory=trajectory, progress=progress)
+        """Draw ``n`` images; an argument left None takes its value from :mod:`ddpm.defaults`.
 
-    def run(self, plan: Plan, *, trajectory: bool = False, progress: Progress | None = None) -> SampleResult:
+        ``labels``: one class for all, one per sample, or None (a conditional model then
+        cycles 0..K-1). ``guidance`` w: classifier-free guidance scale (1 = plain
+        conditional). Bad input raises ConfigError (with ``.field``) before any work.
+        ``cancel`` (set it from any thread) or ``deadline`` (a ``time.monotonic()`` value)
+        stop the request before its next step with :class:`ddpm.errors.Cancelled`.
+        """
+        plan = self.plan(
+            n, steps=steps, sampler=sampler, eta=eta, seed=seed, labels=labels,
+            guidance=guidance, batch_size=batch_size,
+        )
+        return self.run(plan, trajectory=trajectory, progress=progress, cancel=cancel, deadline=deadline)
+
+    async def asample(self, n: int | None = None, **kw: Any) -> SampleResult:
+        """:meth:`sample` in a worker thread; cancelling the awaiting task stops the
+        request before its next step (and waits for that, so its sessions are free)."""
+        cancels = [threading.Event()]
+        if kw.get("cancel") is not None:
+            cancels.append(kw["cancel"])
+        run_kw = {k: kw.pop(k) for k in ("trajectory", "progress", "deadline") if k in kw}
+        kw.pop("cancel", None)
+        plan = self.plan(n, **kw)  # bad input raises here, in the caller's task
+        fut = asyncio.get_running_loop().run_in_executor(
+            None, lambda: self._execute(plan, cancels=cancels, **run_kw)
+        )
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            cancels[0].set()
+            with contextlib.suppress(BaseException):
+                await fut
+            raise
+
+    def run(
+        self, plan: Plan, *, trajectory: bool = False, progress: Progress | None = None,
+        cancel: threading.Event | None = None, deadline: float | None = None,
+    ) -> SampleResult:
         """Execute a validated :class:`Plan` (see :meth:`plan`)."""
+        return self._execute(
+            plan, trajectory=trajectory, progress=progress,
+            cancels=[] if cancel is None else [cancel], deadline=deadline,
+        )
+
+    def _execute(
+        self, plan: Plan, *, trajectory: bool = False, progress: Progress | None = None,
+        cancels: Sequence[threading.Event] = (), deadline: float | None = None,
+    ) -> SampleResult:
+        if self._closed:
+            raise BackendError("this Sampler was closed; open the model again to sample")
         t0 = time.perf_counter()
+        check = _stop_check(cancels, deadline)
         batches = plan.batches()
         total, done = len(batches) * plan.steps, 0
 
@@ -202,15 +220,9 @@ class Sampler:
             if progress is not None:
                 progress(done, total)
 
-        batch_fn = getattr(self._backend, "run_batch", None)
         finals, xts, x0s = [], [], []
         for start, stop in batches:
-            if batch_fn is not None:
-                x, xt, x0 = batch_fn(plan, start, stop, record=trajectory, tick=tick)
-            else:
-                x, xt, x0 = run_batch(
-                    self._backend, plan, self.image_shape, start, stop, record=trajectory, tick=tick
-                )
+            x, xt, x0 = self._loop(plan, start, stop, record=trajectory, tick=tick, check=check)
             finals.append(x)
             xts.append(xt)
             x0s.append(x0)
@@ -225,3 +237,28 @@ class Sampler:
             xt=np.concatenate([np.stack(b) for b in xts], axis=1) if trajectory else None,
             x0=np.concatenate([np.stack(b) for b in x0s], axis=1) if trajectory else None,
         )
+
+    def warmup(self, batch_sizes: Sequence[int] = (1,), guidance: float | None = None) -> Sampler:
+        """Build (and run once) what requests of these batch sizes need, so the first real
+        request pays no session set-up. ``guidance`` as in :meth:`sample`."""
+        c = self.contract
+        for b in batch_sizes:
+            plan = self.plan(b, steps=1, guidance=guidance, batch_size=b)  # validates b
+            mb = 2 * b if uses_cfg(plan.labels, plan.guidance) else b
+            x = np.zeros((mb, *c.image_shape), np.float32)
+            t = np.zeros(mb, np.int64)
+            y = np.zeros(mb, np.int64) if c.conditional else None
+            self.engine.run(x, t, y)
+        return self
+
+    def close(self) -> None:
+        """Free the engine's sessions and threads; later calls raise BackendError."""
+        self._closed = True
+        self.engine.close()
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

@@ -1,7 +1,8 @@
 """ONNX Runtime on CUDA: x_t and the prediction stay on the GPU between steps.
 
-UNTESTED on a GPU as of writing (the dev machine has none); written from the ORT IO-binding
-and Triton APIs. When torch (CUDA build) and triton are importable, each batch runs as:
+Needs torch (CUDA build) and triton; :func:`available` says whether they are usable, and
+:func:`ddpm.runtime.loops.select_loop` falls back to the host loop otherwise (ORT then
+copies in and out each step). Each batch runs as:
 
     x_T  = randn(seed, INIT_STEP, offset) -> GPU once             (same draw as on CPU)
     loop: xin[:B] = xin[B:] = x_t; t.fill_(t_i)                    (device copies only)
@@ -9,11 +10,10 @@ and Triton APIs. When torch (CUDA build) and triton are importable, each batch r
           x_t = fused_step(table, i, out, x_t, seed, offset, w)    (Triton: CFG + update +
                                                                     in-kernel Philox noise)
 
-so nothing crosses PCIe per step except on ``trajectory=True``. Without torch/triton the
-loop falls back to the host loop of :mod:`ddpm.runtime.sampler` (ORT copies in and out
-each step); the ``--with-step`` graph is not wired up yet. ``cuda_graph=True`` asks ORT to
-capture the model run: it needs fixed buffer addresses and shapes, so buffers then live on
-the backend, the last batch is padded to the full batch size, and calls are serialised.
+so nothing crosses PCIe per step except on ``trajectory=True``. With the engine's
+``cuda_graph`` ORT captures the model run: that needs fixed buffer addresses and shapes,
+so buffers then live on the loop, the last batch is padded to the full batch size, and
+calls are serialised.
 """
 
 from __future__ import annotations
@@ -22,17 +22,18 @@ import importlib.util
 import math
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ddpm.noise import INIT_STEP, randn
-from ddpm.runtime.backends import OrtBackend
+from ddpm.runtime.loops.guidance import uses_cfg
+from ddpm.runtime.loops.host import BatchResult, Check
 from ddpm.runtime.plan import Plan
 
 
-def _torch_triton_cuda() -> bool:
+def available() -> bool:
+    """torch with a CUDA device and triton are importable."""
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("triton") is None:
         return False
     import torch
@@ -40,27 +41,28 @@ def _torch_triton_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-class OrtCudaBackend(OrtBackend):
-    """model.onnx on the CUDA EP, with a device-resident loop when torch + triton exist."""
+class CudaLoop:
+    """Device-resident loop over an ORT engine opened on device 'cuda'."""
 
-    def __init__(self, path: Path, *, cuda_graph: bool = False, **session_kw: Any) -> None:
-        super().__init__(path, "cuda", cuda_graph=cuda_graph, **session_kw)
-        self.cuda_graph = cuda_graph
-        self._device_loop = _torch_triton_cuda()
+    name = "cuda"
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.contract = engine.contract
+        self.cuda_graph = bool(getattr(engine, "cuda_graph", False))
         self._lock = threading.Lock()
         self._buffers: dict[tuple, Any] = {}  # only used with cuda_graph (fixed addresses)
 
-    def run_batch(self, plan: Plan, start: int, stop: int, *, record: bool, tick: Callable[[], None]):
-        if not self._device_loop:
-            from ddpm.runtime.sampler import run_batch
-
-            return run_batch(self, plan, self.contract.image_shape, start, stop, record=record, tick=tick)
+    def __call__(
+        self, plan: Plan, start: int, stop: int, *, record: bool, tick: Callable[[], None],
+        check: Check | None = None,
+    ) -> BatchResult:
         if self.cuda_graph:
             with self._lock:  # one captured graph, one set of buffers
-                return self._device_batch(plan, start, stop, record, tick)
-        return self._device_batch(plan, start, stop, record, tick)
+                return self._device_batch(plan, start, stop, record, tick, check)
+        return self._device_batch(plan, start, stop, record, tick, check)
 
-    def _buffers_for(self, mb: int, c_out: int) -> tuple[Any, Any, Any, Any]:
+    def _buffers_for(self, mb: int, c_out: int) -> tuple[Any, Any, Any, Any, Any]:
         import torch
 
         key = (mb, c_out)
@@ -74,19 +76,22 @@ class OrtCudaBackend(OrtBackend):
             torch.empty((mb,), dtype=torch.int64, device=dev),  # labels (unused if uncond)
             torch.empty((mb, c_out, h, w), dtype=torch.float32, device=dev),  # prediction
         )
-        binding = self.session.io_binding()
-        names = self._names
+        binding = self.engine.session.io_binding()
+        names = self.contract.input_names
         for name, buf in zip(names, bufs[: len(names)], strict=True):
             dtype = np.float32 if buf.dtype == torch.float32 else np.int64
             binding.bind_input(name, "cuda", 0, dtype, list(buf.shape), buf.data_ptr())
         out = bufs[3]
-        binding.bind_output(self._output, "cuda", 0, np.float32, list(out.shape), out.data_ptr())
+        output = self.engine.session.get_outputs()[0].name
+        binding.bind_output(output, "cuda", 0, np.float32, list(out.shape), out.data_ptr())
         entry = (*bufs, binding)
         if self.cuda_graph:
             self._buffers[key] = entry
         return entry
 
-    def _device_batch(self, plan: Plan, start: int, stop: int, record: bool, tick: Callable[[], None]):
+    def _device_batch(
+        self, plan: Plan, start: int, stop: int, record: bool, tick: Callable[[], None], check: Check | None
+    ) -> BatchResult:
         import torch
 
         from ddpm.kernels import fused_step
@@ -97,7 +102,7 @@ class OrtCudaBackend(OrtBackend):
         # (their noise is just further counters) and drop them at the end.
         b = plan.batch_size if self.cuda_graph else real
         offset = start * math.prod(c_shape)
-        cfg = plan.labels is not None and plan.guidance != 1.0
+        cfg = uses_cfg(plan.labels, plan.guidance)
         mb = 2 * b if cfg else b
         xin, tin, yin, out, binding = self._buffers_for(mb, c_shape[0])
         x = torch.from_numpy(randn((b, *c_shape), seed=plan.seed, step=INIT_STEP, offset=offset)).to(xin.device)
@@ -108,13 +113,16 @@ class OrtCudaBackend(OrtBackend):
             yin.copy_(torch.from_numpy(y))
         xts: list[np.ndarray] = []
         x0s: list[np.ndarray] = []
+        session = self.engine.session
         for i, t in enumerate(table.timesteps):
+            if check is not None:
+                check()
             xin[:b].copy_(x)
             if cfg:
                 xin[b:].copy_(x)
             tin.fill_(int(t))
             torch.cuda.current_stream().synchronize()  # ORT runs on its own stream
-            self.session.run_with_iobinding(binding)
+            session.run_with_iobinding(binding)
             binding.synchronize_outputs()
             x_prev, x0 = fused_step(
                 table, i, out, x, seed=plan.seed, noise_offset=offset,

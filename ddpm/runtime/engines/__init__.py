@@ -1,0 +1,106 @@
+"""Engines: one module per way of running the network, all behind :class:`base.Engine`.
+
+``ENGINES`` maps a backend name to ``"module:Class"``; the module is imported only when that
+backend is opened, so importing this package never imports torch (or OpenVINO, ...).
+
+Adding an engine takes two steps:
+
+1. write ``ddpm/runtime/engines/NAME.py`` with a class built as
+   ``NameEngine(path, device="cpu", **options)`` that has ``name``, ``contract``, ``device``,
+   ``path``, a thread-safe ``run(x, t, y) -> out`` and ``close()``, plus the class attributes
+   ``default_file`` (looked for when given a folder, e.g. ``"model.xml"``) and
+   ``written_by`` (the command that writes it, for the not-found message). Keep the module
+   import cheap: import the heavy library inside ``__init__``;
+2. add one line ``"NAME": "ddpm.runtime.engines.NAME:NameEngine"`` to ``ENGINES``.
+
+:func:`open_engine` passes an engine only the options its constructor names (or all of
+them, if it takes ``**options``), so an option one engine does not know is not an error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+from ddpm.errors import ArtifactError, BackendError
+from ddpm.runtime.engines.base import Engine, HoldsSessions
+
+ENGINES: dict[str, str] = {
+    "ort": "ddpm.runtime.engines.ort:OrtEngine",
+    "torchscript": "ddpm.runtime.engines.torchscript:TorchScriptEngine",
+    "torch": "ddpm.runtime.engines.torch:TorchEngine",
+}
+BACKENDS = tuple(ENGINES)
+DEVICES = ("cpu", "cuda")
+#: ``precision`` -> suffix of the ONNX file holding that graph (ddpm-export --int8 writes it).
+PRECISIONS = {"fp32": "", "int8": "_int8", "fp16": "_fp16"}
+#: Files tried in order when an fp32 engine is given a folder, best first, by (backend,
+#: device): the CPU EP runs ddpm-export --optimize's fused graph faster than the plain one.
+#: fp16 is never picked unasked (precision="fp16" opens model_fp16.onnx).
+PREFERRED = {("ort", "cpu"): ("model_optimized.onnx",)}
+
+__all__ = ["BACKENDS", "DEVICES", "ENGINES", "Engine", "HoldsSessions", "engine_class", "open_engine", "resolve_file"]
+
+
+def engine_class(backend: str) -> type:
+    """The class registered for ``backend`` (imports its module)."""
+    if backend not in ENGINES:
+        raise BackendError(
+            f"unknown backend {backend!r}; expected one of {', '.join(ENGINES)}", field="backend"
+        )
+    module, _, cls = ENGINES[backend].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def resolve_file(path: str | Path, backend: str, precision: str = "fp32", device: str = "cpu") -> Path:
+    """``path`` itself, or the best file for ``backend`` on ``device`` inside the folder ``path``.
+
+    ``precision="int8"`` / ``"fp16"`` (ORT only) map ``model.onnx`` / a folder to
+    ``model_int8.onnx`` / ``model_fp16.onnx`` (and the bundled ``digits.onnx`` to
+    ``digits_int8.onnx``) unless the name already says so. For fp32 a folder gives the
+    first file of :data:`PREFERRED` present there, else the engine's ``default_file``.
+    """
+    cls = engine_class(backend)
+    if precision not in PRECISIONS:
+        raise BackendError(
+            f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}", field="precision"
+        )
+    if precision != "fp32" and backend != "ort":
+        raise BackendError(
+            f"precision {precision} needs backend 'ort' (an ONNX graph variant)", field="precision"
+        )
+    p = Path(path)
+    if p.is_dir():
+        best = [p / f for f in PREFERRED.get((backend, device), ()) if precision == "fp32"]
+        p = next((f for f in best if f.is_file()), p / cls.default_file)
+    suffix = PRECISIONS[precision]
+    if suffix and not p.stem.endswith(suffix):
+        p = p.with_name(f"{p.stem}{suffix}{p.suffix}")
+        if not p.is_file():
+            raise ArtifactError(
+                f"{precision} model {str(p)!r} not found; write it with `ddpm-export CKPT --{precision}` "
+                "or use precision fp32", field="precision"
+            )
+    if not p.is_file():
+        raise ArtifactError(
+            f"model file {str(p)!r} not found; pass the {cls.default_file} written by "
+            f"{cls.written_by} (backend {backend!r})", field="path"
+        )
+    return p
+
+
+def open_engine(path: str | Path, backend: str = "ort", device: str = "cpu", **options: Any) -> Engine:
+    """Open ``path`` with ``backend`` on ``device``; every failure is a one-line DDPMError.
+
+    ``precision`` picks the file (see :func:`resolve_file`); other options go to the engine.
+    """
+    cls = engine_class(backend)
+    if device not in DEVICES:
+        raise BackendError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}", field="device")
+    p = resolve_file(path, backend, options.pop("precision", "fp32"), device)
+    params = inspect.signature(cls).parameters
+    if not any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values()):
+        options = {k: v for k, v in options.items() if k in params}
+    return cls(p, device, **options)

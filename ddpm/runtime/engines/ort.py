@@ -1,0 +1,198 @@
+"""model.onnx on ONNX Runtime (numpy + onnxruntime only): the default engine.
+
+A diffusion loop calls one graph at one batch size hundreds of times, so on the CPU each
+batch size gets its own session with the batch dimension fixed (ORT then folds the
+exporter's Shape/Gather/Concat chains away), and a batch of B >= 2 is split across the
+cores: ``threads`` contiguous chunks, each run by a single-threaded session, concurrently
+(ORT releases the GIL). A UNet graph is ~700 small ops; one multi-threaded run pays a
+thread hand-off per op, while the split runs pay none (figures in docs/notes/runtime.md).
+A single image runs on one session with all threads. Each image's arithmetic does not
+depend on the split, so neither do the samples (tests pin it bit for bit).
+
+Sessions live in a :class:`~ddpm.runtime.engines.sessions.SessionCache`; :meth:`hold`
+reserves the sessions of one batch size for a whole batch of a request. Every model call
+takes its compute threads from the process-wide :data:`ddpm.runtime.threads.BUDGET`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import ddpm.runtime.forksafe as forksafe
+from ddpm import artifact
+from ddpm.errors import ArtifactError, BackendError
+from ddpm.runtime.engines.base import RunFn
+from ddpm.runtime.engines.sessions import SessionCache
+from ddpm.runtime.ort_session import create_session, physical_cores
+from ddpm.runtime.threads import BUDGET
+
+#: (lo, hi, key): samples [lo, hi) of a model batch run on the session ``key``
+#: ((threads, batch) of a fixed-batch CPU session, or None for the dynamic-batch one).
+Part = tuple[int, int, "tuple[int, int] | None"]
+
+
+class OrtEngine:
+    """model.onnx: tuned fixed-batch CPU sessions, or one CUDA session (see the module doc).
+
+    ``max_sessions`` / ``max_session_bytes`` bound the idle sessions kept (see
+    :mod:`ddpm.runtime.engines.sessions` for the policy).
+    """
+
+    name = "ort"
+    default_file = "model.onnx"
+    written_by = "ddpm-export"
+
+    def __init__(
+        self,
+        path: Path,
+        device: str = "cpu",
+        *,
+        num_threads: int | None = None,
+        spin: bool = False,
+        tensorrt: bool = False,
+        cuda_graph: bool = False,
+        max_sessions: int | None = None,
+        max_session_bytes: int | None = None,
+    ) -> None:
+        if zipfile.is_zipfile(path):
+            raise ArtifactError(
+                f"{path}: is a TorchScript archive, not ONNX; use backend 'torchscript' "
+                "or the model.onnx written beside it"
+            )
+        self.contract = artifact.read(path)
+        if self.contract.graph != "model":
+            raise ArtifactError(
+                f"{path}: is a whole-step graph ({self.contract.graph!r}); the sampler runs "
+                "the plain model graph: pass the model.onnx exported without --with-step"
+            )
+        self.path = Path(path)
+        self.device = device
+        self.cuda_graph = cuda_graph
+        self.threads = max(1, int(num_threads or physical_cores()))
+        self._session_kw: dict[str, Any] = dict(device=device, spin=spin, tensorrt=tensorrt, cuda_graph=cuda_graph)
+        # The dynamic-batch session: checks the file once, and serves non-CPU devices.
+        self._session: Any = self._open(None)
+        self._names = self.contract.input_names
+        self._output = self._session.get_outputs()[0].name
+        dim = self._session.get_inputs()[0].shape[0]
+        self._batch_dim = dim if isinstance(dim, str) and dim else None
+        self._split = device == "cpu" and self.threads > 1
+        weights = self.path.stat().st_size  # each session holds its own copy of the weights
+        self.sessions = SessionCache(
+            self._open, lambda key: weights, max_sessions=max_sessions, max_bytes=max_session_bytes
+        )
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._closed = False
+        forksafe.register(self)
+
+    def _open(self, key: tuple[int, int] | None) -> Any:
+        if key is None:
+            return create_session(self.path, self.contract, num_threads=self.threads, **self._session_kw)
+        threads, batch = key
+        return create_session(
+            self.path, self.contract, num_threads=threads,
+            fixed_dims={self._batch_dim: batch}, **self._session_kw,
+        )
+
+    @property
+    def session(self) -> Any:
+        """The dynamic-batch session (the CUDA session on device 'cuda')."""
+        with self._lock:
+            self._check_open()
+            if self._session is None:  # dropped in a forked child
+                self._session = self._open(None)
+            return self._session
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError(f"{self.path}: this engine was closed; open the model again")
+
+    def parts(self, batch: int) -> list[Part]:
+        """How a model batch of ``batch`` samples is run: which sessions, which rows."""
+        if self.device != "cpu" or self._batch_dim is None:
+            return [(0, batch, None)]
+        workers = min(self.threads, batch) if self._split else 1
+        if workers <= 1:
+            return [(0, batch, (self.threads, batch))]
+        bounds = [batch * i // workers for i in range(workers + 1)]  # near-equal contiguous chunks
+        return [(lo, hi, (1, hi - lo)) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    @contextlib.contextmanager
+    def hold(self, batch: int) -> Iterator[RunFn]:
+        """A run function for model batches of exactly ``batch``, its sessions held meanwhile."""
+        self._check_open()
+        parts = self.parts(batch)
+        keys = [k for _, _, k in parts if k is not None]
+        with self.sessions.hold(keys) as held:
+            if any(k is None for _, _, k in parts):
+                held[None] = self.session
+
+            def run(x: np.ndarray, t: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+                if x.shape[0] != batch:
+                    raise BackendError(f"sessions held for batch {batch}, called with {x.shape[0]}")
+                return self._run_parts(parts, held, x, t, y)
+
+            yield run
+
+    def run(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+        with self.hold(x.shape[0]) as run:
+            return run(x, t, y)
+
+    def _run1(self, sess: Any, x: np.ndarray, t: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+        feeds = {self._names[0]: x, self._names[1]: t}
+        if y is not None:
+            feeds[self._names[2]] = y
+        return sess.run([self._output], feeds)[0]
+
+    def _run_parts(self, parts: list[Part], held: dict, x: np.ndarray, t: np.ndarray, y: np.ndarray | None):
+        calls = [
+            (held[k], x[lo:hi], t[lo:hi], None if y is None else y[lo:hi]) for lo, hi, k in parts
+        ]
+        threads = len(parts) if len(parts) > 1 else (parts[0][2] or (self.threads, 0))[0]
+        with BUDGET.take(threads):
+            if len(calls) == 1:
+                return self._run1(*calls[0])
+            futures = self._submit(calls[1:])
+            first = self._run1(*calls[0])  # this thread is one of the workers
+            rest = [f.result() if f is not None else self._run1(*c) for f, c in zip(futures, calls[1:], strict=True)]
+            return np.concatenate([first, *rest])
+
+    def _submit(self, calls: list) -> list:
+        """Futures for ``calls`` on the engine's pool; None where the pool cannot take work
+        (interpreter shutdown refuses new futures): those run inline in the caller."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="ddpm-ort")
+            pool = self._pool
+        futures: list = []
+        for c in calls:
+            try:
+                futures.append(pool.submit(self._run1, *c))
+            except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
+                futures.append(None)
+        return futures
+
+    def close(self) -> None:
+        """Drop the sessions and the pool; later calls raise BackendError."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+            self._session = None
+        self.sessions.clear()
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+    def _after_fork_in_child(self) -> None:
+        forksafe.inherited.append((self._pool, self._session))
+        self._pool = None
+        self._session = None
+        self._lock = threading.Lock()

@@ -1,0 +1,101 @@
+"""The host loop: numpy noise and update between engine calls, same for every engine.
+
+DDPM (Ho et al. 2020, Alg. 2) and DDIM (Song et al. 2021, eq. 12): draw x_T, then for each
+row i of the :class:`ddpm.schedule.StepTable` call the network (conditional and
+unconditional halves as one batch of 2B under guidance) and apply
+:func:`ddpm.schedule.step` with the counter-based noise of :mod:`ddpm.noise`. Noise is
+keyed by (seed, step, offset) with offset = global sample index * elements per sample, so
+splitting a request into batches of any size never changes an image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from ddpm.noise import INIT_STEP, randn
+from ddpm.runtime.engines.base import Engine, HoldsSessions, RunFn
+from ddpm.runtime.loops.guidance import combine, uses_cfg
+from ddpm.runtime.plan import Plan
+from ddpm.schedule import step
+
+#: (x_0 batch, [x_t per step], [x̂0 per step]) of one batch.
+BatchResult = tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]
+#: Called before every step; raises to stop the loop (cancellation, deadline).
+Check = Callable[[], None]
+
+
+def guided(run: RunFn, x: np.ndarray, t: np.ndarray, y: np.ndarray | None, plan: Plan) -> np.ndarray:
+    """Network output with classifier-free guidance: cond and null halves in one call."""
+    if not uses_cfg(y, plan.guidance):
+        return run(x, t, y)
+    b = x.shape[0]
+    null = np.full_like(y, plan.null_label)
+    out = run(np.concatenate([x, x]), np.concatenate([t, t]), np.concatenate([y, null]))
+    return combine(out[:b], out[b:], plan.guidance)  # (B, C, H, W)
+
+
+def hold(engine: Engine, batch: int) -> contextlib.AbstractContextManager[RunFn]:
+    """The engine's run function for model batches of ``batch``, resources held if it can."""
+    if isinstance(engine, HoldsSessions):
+        return engine.hold(batch)
+    return contextlib.nullcontext(engine.run)
+
+
+def run_batch(
+    run: RunFn,
+    plan: Plan,
+    image_shape: tuple[int, int, int],
+    start: int,
+    stop: int,
+    *,
+    record: bool,
+    tick: Callable[[], None],
+    check: Check | None = None,
+) -> BatchResult:
+    """Sample [start, stop) of ``plan`` with ``run``; ``check()`` runs before every step."""
+    table = plan.table
+    shape = (stop - start, *image_shape)  # (B, C, H, W)
+    offset = start * math.prod(image_shape)  # global element index of this batch's first sample
+    x = randn(shape, seed=plan.seed, step=INIT_STEP, offset=offset)
+    y = None if plan.labels is None else plan.labels[start:stop]
+    xts: list[np.ndarray] = []
+    x0s: list[np.ndarray] = []
+    x0 = None  # previous step's x̂0: the extra state of multistep samplers
+    for i, t in enumerate(table.timesteps):
+        if check is not None:
+            check()
+        tt = np.full(shape[0], t, dtype=np.int64)
+        out = guided(run, x, tt, y, plan)
+        z = randn(shape, seed=plan.seed, step=i, offset=offset) if table.sigma[i] != 0 else None
+        x_prev, x0 = step(table, i, out, x, z, prev_x0=x0)
+        if record:
+            xts.append(x)
+            x0s.append(x0)
+        x = x_prev
+        tick()
+    return x, xts, x0s
+
+
+class HostLoop:
+    """Runs each batch of a plan on the host, holding the engine's sessions per batch."""
+
+    name = "host"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __call__(
+        self, plan: Plan, start: int, stop: int, *, record: bool, tick: Callable[[], None],
+        check: Check | None = None,
+    ) -> BatchResult:
+        b = stop - start
+        model_batch = 2 * b if uses_cfg(plan.labels, plan.guidance) else b
+        with hold(self.engine, model_batch) as run:
+            return run_batch(
+                run, plan, self.engine.contract.image_shape, start, stop,
+                record=record, tick=tick, check=check,
+            )
