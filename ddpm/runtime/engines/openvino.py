@@ -1,0 +1,235 @@
+"""model.onnx on OpenVINO's CPU plugin: static-shape compiled models, fp32 pinned, bf16 opt-in.
+
+OpenVINO reads the exported ``model.onnx`` as it is (no conversion step). A diffusion loop
+calls one graph at one batch size hundreds of times, so each batch size gets its own
+compiled model with every input's batch dimension fixed by ``reshape`` (static shapes let
+the plugin pick its fastest kernels and fold the exporter's shape arithmetic). Precision is
+pinned: OpenVINO's default on CPUs with AMX or AVX512-BF16 silently runs fp32 graphs in bf16,
+which changes images, so ``INFERENCE_PRECISION_HINT`` is ``f32`` unless ``precision="bf16"``
+is asked for, and that is refused on CPUs without native bf16 (read from the plugin's
+``OPTIMIZATION_CAPABILITIES``), and refused again if the compiled model reports it runs
+another precision. Compiled blobs are cached (``CACHE_DIR``) beside the model when that
+folder is writable, else in the user cache folder, so later processes skip compilation.
+
+An infer request is not thread-safe, a compiled model is: each call borrows an idle request
+of its batch's compiled model from a small pool (creating one when all are busy) and returns
+it, so any number of threads may call :meth:`OpenVinoEngine.run` at once. Calls take their
+thread count from the process-wide :data:`ddpm.runtime.threads.BUDGET` like the ORT engine.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ddpm import artifact
+from ddpm.errors import ArtifactError, BackendError, first_line
+from ddpm.runtime.ort_session import physical_cores
+from ddpm.runtime.threads import BUDGET
+
+INSTALL_HINT = 'pip install "ddpm-toolkit[openvino]"'
+#: precision name -> OpenVINO INFERENCE_PRECISION_HINT value and the capability it needs.
+PRECISIONS = {"fp32": ("f32", "FP32"), "bf16": ("bf16", "BF16")}
+#: Compiled models (one per batch size) kept per engine, least recently used dropped first.
+MAX_COMPILED = 4
+CACHE_SUBDIR = ".openvino_cache"
+
+
+def import_openvino() -> Any:
+    """The ``openvino`` module, or BackendError naming the extra to install."""
+    try:
+        import openvino
+    except ImportError as e:
+        raise BackendError(
+            f"backend 'openvino' needs the openvino package, which is not importable ({e}); "
+            f"install it with `{INSTALL_HINT}`, or use --backend ort"
+        ) from None
+    return openvino
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/ddpm`` (default ``~/.cache/ddpm``): per-user caches of compiled models."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ddpm"
+
+
+def _writable(d: Path) -> bool:
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=d, prefix=".ddpm-probe-")  # os.access lies for root
+        os.close(fd)
+        os.unlink(probe)
+    except OSError:
+        return False
+    return True
+
+
+def cache_dir_for(path: Path) -> Path | None:
+    """Where compiled blobs of ``path`` go: beside it if writable, else the user cache, else None.
+
+    The package's own folder (the bundled model) is never written to: it belongs to pip.
+    """
+    package_dir = Path(__file__).resolve().parents[2]
+    beside = path.resolve().parent
+    if package_dir not in (beside, *beside.parents) and _writable(beside / CACHE_SUBDIR):
+        return beside / CACHE_SUBDIR
+    user = user_cache_dir() / "openvino"
+    return user if _writable(user) else None
+
+
+def cpu_capabilities(core: Any) -> tuple[str, ...]:
+    """The CPU plugin's OPTIMIZATION_CAPABILITIES, e.g. ("FP32", "INT8", "BF16")."""
+    return tuple(str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+class _Compiled:
+    """One compiled model at one batch size with its pool of idle infer requests."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self.idle: list[Any] = []
+        self.lock = threading.Lock()
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        with self.lock:
+            req = self.idle.pop() if self.idle else self.compiled.create_infer_request()
+        try:
+            req.infer(feeds)
+            # The output tensor is the request's own buffer, reused by its next call: copy.
+            return np.array(req.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        finally:
+            with self.lock:
+                self.idle.append(req)
+
+
+class OpenVinoEngine:
+    """model.onnx on OpenVINO CPU; ``precision`` "fp32" (pinned) or "bf16" (native bf16 only)."""
+
+    name = "openvino"
+    default_file = "model.onnx"
+    written_by = "ddpm-export"
+
+    def __init__(
+        self, path: Path, device: str = "cpu", *, num_threads: int | None = None,
+        precision: str = "fp32", cache: bool = True,
+    ) -> None:
+        if device != "cpu":
+            raise BackendError(
+                f"backend 'openvino' runs on the CPU only, got device {device!r}; pass --device cpu, "
+                "or use --backend ort with --device cuda"
+            )
+        if precision not in PRECISIONS:
+            raise BackendError(
+                f"backend 'openvino' has no precision {precision!r}; expected one of "
+                f"{', '.join(PRECISIONS)}"
+            )
+        self.path = Path(path)
+        self.device = device
+        self.precision = precision
+        if zipfile.is_zipfile(self.path):
+            raise ArtifactError(
+                f"{self.path}: is a TorchScript archive, not ONNX; pass the model.onnx written "
+                "beside it, or --backend torchscript"
+            )
+        self.contract = artifact.read(self.path)
+        if self.contract.graph != "model":
+            raise ArtifactError(
+                f"{self.path}: is a whole-step graph ({self.contract.graph!r}); ddpm-run samples "
+                "the plain model graph: pass the model.onnx exported without --with-step"
+            )
+        ov = import_openvino()
+        self._core = ov.Core()
+        hint, needs = PRECISIONS[precision]
+        caps = cpu_capabilities(self._core)
+        if needs not in caps:
+            from ddpm.cpuinfo import cpu_model
+
+            raise BackendError(
+                f"--precision {precision} needs native {needs} on the CPU (AMX or AVX512-BF16), "
+                f"but this CPU ({cpu_model()}) offers {', '.join(caps)}; drop --precision "
+                "(fp32) or run on a CPU with bf16 support"
+            )
+        try:
+            self._model = self._core.read_model(str(self.path))
+        except Exception as e:  # OpenVINO raises RuntimeError subtypes from its frontends
+            raise ArtifactError(
+                f"{self.path}: OpenVINO cannot read this model ({first_line(e)}); re-export it "
+                "with `ddpm-export CKPT`, or use --backend ort"
+            ) from None
+        got = tuple(i.get_any_name() for i in self._model.inputs)
+        if got != self.contract.input_names or len(self._model.outputs) != 1:
+            raise ArtifactError(
+                f"{self.path}: graph inputs {got} ({len(self._model.outputs)} outputs) differ from "
+                f"its contract's {self.contract.input_names} (1 output); the file was edited "
+                "after export: re-export it with `ddpm-export CKPT`"
+            )
+        self.threads = max(1, int(num_threads or physical_cores()))
+        self._config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": self.threads,
+        }
+        self.cache_dir = cache_dir_for(self.path) if cache else None
+        if self.cache_dir is not None:
+            self._config["CACHE_DIR"] = str(self.cache_dir)
+        self._compiled: OrderedDict[int, _Compiled] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _compile(self, batch: int) -> _Compiled:
+        model = self._model.clone()
+        shapes = {}
+        for inp, spec in zip(model.inputs, self.contract.inputs, strict=True):
+            # Every contract dimension is fixed except the batch (the leading "batch" axis).
+            shapes[inp.get_any_name()] = [batch, *(int(d) for d in spec.shape[1:])]
+        try:
+            model.reshape(shapes)
+            compiled = self._core.compile_model(model, "CPU", self._config)
+        except Exception as e:
+            raise ArtifactError(
+                f"{self.path}: OpenVINO cannot compile this model at batch {batch} "
+                f"({first_line(e)}); re-export it with `ddpm-export CKPT`, or use --backend ort"
+            ) from None
+        ran = compiled.get_property("INFERENCE_PRECISION_HINT")
+        ran = getattr(ran, "get_type_name", lambda: str(ran))()  # an ov.Type: "f32", "bf16"
+        if ran != PRECISIONS[self.precision][0]:
+            # The plugin falls back silently when it cannot honour the hint.
+            raise BackendError(
+                f"OpenVINO compiled {self.path.name} for {ran}, not the {self.precision} asked "
+                f"for; this CPU cannot run {self.precision}: drop --precision"
+            )
+        return _Compiled(compiled)
+
+    def _for_batch(self, batch: int) -> _Compiled:
+        with self._lock:
+            c = self._compiled.get(batch)
+            if c is not None:
+                self._compiled.move_to_end(batch)
+                return c
+        c = self._compile(batch)  # outside the lock: compiling takes ~a second
+        with self._lock:
+            c = self._compiled.setdefault(batch, c)
+            self._compiled.move_to_end(batch)
+            while len(self._compiled) > MAX_COMPILED:
+                self._compiled.popitem(last=False)  # borrowed requests keep their model alive
+        return c
+
+    def run(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+        names = self.contract.input_names
+        feeds = {names[0]: np.ascontiguousarray(x, np.float32), names[1]: np.asarray(t, np.int64)}
+        if y is not None:
+            feeds[names[2]] = np.asarray(y, np.int64)
+        compiled = self._for_batch(int(x.shape[0]))
+        with BUDGET.take(self.threads):
+            return compiled.infer(feeds)
+
+    __call__ = run
+
+    def close(self) -> None:
+        with self._lock:
+            self._compiled.clear()
