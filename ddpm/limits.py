@@ -119,3 +119,33 @@ def table() -> str:
     rows = ["| name | default | bounds |", "|---|---|---|"]
     rows += [f"| `{ENV_PREFIX}{k}` | {v} | {d} |" for k, (v, d) in DEFAULTS.items()]
     return "\n".join(rows)
+
+
+def type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def check_types(
+    mapping: dict, spec: dict[str, tuple[type, ...]], where: str, error: type[Exception],
+    fix: str, *, required: bool = False,
+) -> None:
+    """Each ``spec`` key present in ``mapping`` has one of its types (bool is not an int).
+
+    Raises ``error`` naming the key, the type found, the type expected and ``fix``, so a
+    string where an int belongs fails here in one line, not as a TypeError deep inside.
+    """
+    for key, types in spec.items():
+        if key not in mapping:
+            if required:
+                raise error(f"{where} lacks {key!r}; {fix}")
+            continue
+        value = mapping[key]
+        is_bool = isinstance(value, bool)
+        ok = isinstance(value, types) and (not is_bool or bool in types)
+        if not ok:
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            shown = "" if value is None else " " + repr(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise error(
+                f"{where}: {key!r} must be {expected}, got {type_name(value)}{shown}; {fix}"
+            )

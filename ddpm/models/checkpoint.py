@@ -16,17 +16,45 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
-from ddpm._io import atomic_path
-from ddpm.errors import CheckpointError, ConfigError, OutputError
+from ddpm import limits
+from ddpm._io import atomic_path, output_error
+from ddpm.errors import CheckpointError, ConfigError
 from ddpm.schedule import ScheduleConfig
 
 FORMAT = "ddpm-toolkit/ckpt"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("arch", "model_config", "schedule", "data", "ema", "model", "step")
 WEIGHTS = ("ema", "model")
+
+_OPTIONAL = (dict, type(None))
+#: Header key -> allowed types, checked before the model is built (bool is never an int).
+HEADER_TYPES: dict[str, tuple[type, ...]] = {
+    "arch": (str,), "model_config": (dict,), "schedule": (dict,), "data": (dict,),
+    "ema": _OPTIONAL, "model": _OPTIONAL, "step": (int,), "optimizer": _OPTIONAL,
+    "rng": _OPTIONAL, "train_args": _OPTIONAL, "losses": (list, type(None)),
+    "versions": _OPTIONAL,
+}
+DATA_TYPES: dict[str, tuple[type, ...]] = {
+    "dataset": (str, type(None)), "image_size": (int,), "channels": (int,),
+    "num_classes": (int,), "class_names": (list, type(None)), "value_range": (list, tuple),
+}
+SCHEDULE_TYPES: dict[str, tuple[type, ...]] = {
+    "num_train_timesteps": (int,), "beta_start": (float, int), "beta_end": (float, int),
+    "clip_sample_range": (float, int), "steps_offset": (int,),
+    "trained_betas": (list, tuple, type(None)),
+    **{k: (str,) for k in ("beta_schedule", "prediction_type", "variance_type",
+                           "timestep_spacing", "ddim_prev_timestep", "objective")},
+    **{k: (bool,) for k in ("clip_sample", "set_alpha_to_one", "clipped_eps", "thresholding",
+                            "rescale_betas_zero_snr")},
+}
+#: A zip member this much larger than its compressed bytes (and above BOMB_MIN_BYTES) is a
+#: deflate bomb: torch.save writes members uncompressed, and float weights barely deflate.
+BOMB_RATIO = 100
+BOMB_MIN_BYTES = 64 << 20
 
 
 def _not_loadable(path: Path, why: str) -> CheckpointError:
@@ -53,6 +81,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint {str(p)!r} is a folder; pass the ckpt.pt file inside it"
         )
+    check_archive(p)
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -70,6 +99,38 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 -- garbage bytes fail in many ways (KeyError, EOFError, ...)
         raise _not_loadable(p, f"{type(e).__name__}: {_first_line(e)}") from None
     return validate_checkpoint(ckpt, p)
+
+
+def check_archive(path: Path) -> None:
+    """Refuse a file whose zip directory promises more bytes than the limit, or a deflate
+    bomb, from the directory alone: nothing is decompressed or allocated."""
+    size = path.stat().st_size
+    bound = limits.limit("CHECKPOINT_BYTES")
+    if size > bound:
+        raise CheckpointError(
+            f"{str(path)!r} is {size} bytes, above the checkpoint limit {bound}; "
+            f"{limits.how_to_raise('CHECKPOINT_BYTES')}"
+        )
+    if not zipfile.is_zipfile(path):
+        return  # a legacy pickle or garbage: torch.load's own checks report it
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return
+    total = sum(i.file_size for i in infos)
+    for i in infos:
+        if i.file_size > BOMB_MIN_BYTES and i.file_size > BOMB_RATIO * max(i.compress_size, 1):
+            raise CheckpointError(
+                f"{str(path)!r} is not a ddpm checkpoint: member {i.filename!r} inflates "
+                f"{i.compress_size} bytes to {i.file_size} (a deflate bomb); torch.save never "
+                "compresses, so pass the ckpt.pt written by ddpm-train"
+            )
+    if total > bound:
+        raise CheckpointError(
+            f"{str(path)!r} unpacks to {total} bytes, above the checkpoint limit {bound}; "
+            f"{limits.how_to_raise('CHECKPOINT_BYTES')}"
+        )
 
 
 def _looks_pickled(path: Path) -> bool:
@@ -107,6 +168,13 @@ def validate_checkpoint(ckpt: Any, path: str | os.PathLike = "<checkpoint>") -> 
         raise CheckpointError(
             f"{name} lacks checkpoint key(s) {missing}; it is incomplete, re-run ddpm-train"
         )
+    fix = "the file is damaged or not written by ddpm-train; re-run ddpm-train"
+    limits.check_types(ckpt, HEADER_TYPES, f"checkpoint {name}", CheckpointError, fix)
+    limits.check_types(ckpt["data"], DATA_TYPES, f"checkpoint {name} data", CheckpointError,
+                       fix)
+    limits.check_types(ckpt["schedule"], SCHEDULE_TYPES, f"checkpoint {name} schedule",
+                       CheckpointError, fix)
+    _check_bounds(ckpt, name)
     known = archs()
     if ckpt["arch"] not in known:
         raise CheckpointError(
@@ -114,6 +182,47 @@ def validate_checkpoint(ckpt: Any, path: str | os.PathLike = "<checkpoint>") -> 
             f"(known: {', '.join(known)}); upgrade ddpm-toolkit or retrain"
         )
     return ckpt
+
+
+def _check_bounds(ckpt: dict[str, Any], name: str) -> None:
+    """Sizes that later code allocates from, against ``ddpm.limits``, as CheckpointErrors."""
+    sched, data = ckpt["schedule"], ckpt["data"]
+    checks = [
+        (f"checkpoint {name} step", ckpt["step"], "STEPS", 0),
+        (f"checkpoint {name} schedule num_train_timesteps",
+         sched.get("num_train_timesteps", 1), "TIMESTEPS", 1),
+        (f"checkpoint {name} schedule trained_betas length",
+         len(sched.get("trained_betas") or ()), "TIMESTEPS", 0),
+        (f"checkpoint {name} data image_size", data.get("image_size", 1), "IMAGE_SIZE", 1),
+        (f"checkpoint {name} data channels", data.get("channels", 1), "IMAGE_CHANNELS", 1),
+        (f"checkpoint {name} data num_classes", data.get("num_classes", 0), "NUM_CLASSES", 0),
+    ]
+    for what, value, bound, minimum in checks:
+        try:
+            limits.check_int(what, value, bound, minimum=minimum)
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
+
+
+def check_finite(state: dict[str, Any], what: str) -> None:
+    """Refuse weights holding NaN/Inf (a diverged run): one pass, no copies kept."""
+    import torch
+
+    bad = []
+    for key, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(
+                f"{what} entry {key!r} is a {limits.type_name(t)}, not a tensor; the file is "
+                "damaged or not written by ddpm-train"
+            )
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad.append(key)
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"{what} hold NaN/Inf values in {bad[0]!r}{more}: training diverged; use an "
+            "earlier checkpoint or retrain with a lower --lr and --grad-clip 1"
+        )
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], weights: str = "ema"):
@@ -127,13 +236,21 @@ def model_from_checkpoint(ckpt: dict[str, Any], weights: str = "ema"):
     if weights not in WEIGHTS:
         raise ConfigError(f"unknown weights {weights!r}; expected one of {', '.join(WEIGHTS)}")
     ckpt = validate_checkpoint(ckpt)
-    config = config_from_dict(ckpt["arch"], dict(ckpt["model_config"]))
-    model = build(ckpt["arch"], config)
     state = ckpt.get(weights)
     if not state:
         raise CheckpointError(
             f"checkpoint has no {weights!r} weights; pass weights='model' or retrain"
         )
+    try:
+        # Types and limits of every field are checked here, before torch allocates a layer.
+        config = config_from_dict(ckpt["arch"], dict(ckpt["model_config"]))
+        schedule = ScheduleConfig.from_dict(dict(ckpt["schedule"]))
+    except (ConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint model_config/schedule is invalid: {_first_line(e)}"
+        ) from None
+    check_finite(state, f"checkpoint {weights!r} weights")
+    model = build(ckpt["arch"], config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -142,7 +259,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], weights: str = "ema"):
             f"config ({_first_line(e)}); the file is inconsistent, retrain"
         ) from None
     model.eval()
-    return model, ScheduleConfig.from_dict(dict(ckpt["schedule"]))
+    return model, schedule
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
@@ -155,8 +272,11 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
         with atomic_path(path) as tmp:
             torch.save(ckpt, tmp)
     except OSError as e:
-        raise OutputError(
-            f"cannot write checkpoint {str(path)!r}: {e.strerror or e}; "
-            "free disk space or choose a writable --out"
-        ) from None
+        raise output_error(path, e, "checkpoint") from None
+    except RuntimeError as e:
+        # torch's zip writer reports a full disk as "PytorchStreamWriter failed writing file".
+        if "write" not in str(e).lower():
+            raise
+        raise output_error(path, OSError(28, f"write failed ({_first_line(e)})"),
+                           "checkpoint") from None
     return Path(path)
