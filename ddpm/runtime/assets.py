@@ -16,7 +16,7 @@ BUNDLED_MODEL = "digits.onnx"
 
 def default_model_path(backend: str = "ort") -> Path:
     """Path of the bundled ONNX model; ArtifactError with the fix if it is not installed."""
-    if backend != "ort":
+    if backend not in ("ort", "openvino", "auto"):  # the engines that read model.onnx
         raise ArtifactError(
             f"the bundled model is ONNX only; with --backend {backend} pass --model PATH "
             "(model.ts for torchscript, ckpt.pt for torch)"

@@ -17,7 +17,7 @@ import click
 from ddpm import defaults
 from ddpm._cli import friendly_errors
 from ddpm._io import check_writable_dir
-from ddpm.errors import DDPMError, OutputError
+from ddpm.errors import BackendError, DDPMError, OutputError
 
 #: API argument (``DDPMError.field``) -> the ddpm-run flag that sets it.
 FLAGS = {
@@ -84,7 +84,7 @@ D = defaults
 @click.option("--steps", default=D.STEPS, show_default=True, type=int, help="Inference steps (1..training T).")
 @click.option("--sampler", default=D.SAMPLER, show_default=True, help="ddpm (ancestral) or ddim.")
 @click.option("--eta", default=D.ETA, show_default=True, type=float, help="DDIM eta (0 = deterministic).")
-@click.option("--backend", default="ort", show_default=True, help="ort | torchscript | torch.")
+@click.option("--backend", default="ort", show_default=True, help="ort | openvino | auto (ort or openvino, by a timed probe cached per model, CPU and batch) | torchscript | torch.")
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda.")
 @click.option("-n", "n", default=D.N, show_default=True, type=int, help="Number of images.")
 @click.option("--batch-size", default=None, type=int, help=f"Images per model call (default {D.BATCH_SIZE}); does not change the images.")
@@ -96,9 +96,9 @@ D = defaults
 @click.option("--npz", default=None, help="Also write float samples (and labels) as .npz.")
 @click.option("--trajectory", default=None, help="Also write the denoising strip (x_t and x0 every few steps, labelled) as an image.")
 @click.option("--trajectory-samples", default=D.TRAJECTORY_SAMPLES, show_default=True, type=int, help="Samples shown in the --trajectory strip.")
-@click.option("--precision", default="fp32", show_default=True, help="fp32 | int8 | fp16 (ort: the model_int8.onnx / model_fp16.onnx written by ddpm-export --int8 / --fp16).")
+@click.option("--precision", default="fp32", show_default=True, help="fp32 | int8 | fp16 (ort: the model_int8.onnx / model_fp16.onnx written by ddpm-export --int8 / --fp16); bf16 (openvino, CPUs with AMX / AVX512-BF16).")
 @click.option("--spin", is_flag=True, help="ort CPU: let pool threads spin-wait inside a model call (faster for a single image on an idle machine, slower on a busy one).")
-@click.option("--threads", default=None, type=int, help="CPU threads for ONNX Runtime (default: physical cores).")
+@click.option("--threads", default=None, type=int, help="CPU threads for ONNX Runtime / OpenVINO (default: physical cores).")
 @click.option("--tensorrt", is_flag=True, help="ort + cuda: try the TensorRT EP first (opt-in).")
 @click.option("--cuda-graph", is_flag=True, help="ort + cuda: capture the model run as a CUDA graph.")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
@@ -124,8 +124,11 @@ def main(model, steps, sampler, eta, backend, device, n, batch_size, seed, label
         check_int("scale", scale, 1, D.MAX_SCALE)
     check_int("trajectory_samples", trajectory_samples, 1)
 
+    if precision == "bf16" and backend != "openvino":  # a compute precision, not a file variant
+        raise BackendError(f"--precision bf16 needs --backend openvino, got {backend!r}; add --backend openvino")
+    prec = {"compute_precision": "bf16"} if precision == "bf16" else {"precision": precision}
     s = Sampler.from_path(model, backend, device, num_threads=threads, tensorrt=tensorrt, cuda_graph=cuda_graph,
-                          precision=precision, spin=spin)
+                          spin=spin, **prec)
     plan = s.plan(n, steps=steps, sampler=sampler, eta=eta, seed=seed, labels=label,
                   guidance=guidance, batch_size=batch_size)
 

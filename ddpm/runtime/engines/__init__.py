@@ -31,6 +31,8 @@ ENGINES: dict[str, str] = {
     "ort": "ddpm.runtime.engines.ort:OrtEngine",
     "torchscript": "ddpm.runtime.engines.torchscript:TorchScriptEngine",
     "torch": "ddpm.runtime.engines.torch:TorchEngine",
+    "openvino": "ddpm.runtime.engines.openvino:OpenVinoEngine",
+    "auto": "ddpm.runtime.engines.auto:AutoEngine",
 }
 BACKENDS = tuple(ENGINES)
 DEVICES = ("cpu", "cuda")

@@ -5,11 +5,12 @@ calls one graph at one batch size hundreds of times, so each batch size gets its
 compiled model with every input's batch dimension fixed by ``reshape`` (static shapes let
 the plugin pick its fastest kernels and fold the exporter's shape arithmetic). Precision is
 pinned: OpenVINO's default on CPUs with AMX or AVX512-BF16 silently runs fp32 graphs in bf16,
-which changes images, so ``INFERENCE_PRECISION_HINT`` is ``f32`` unless ``precision="bf16"``
-is asked for, and that is refused on CPUs without native bf16 (read from the plugin's
-``OPTIMIZATION_CAPABILITIES``), and refused again if the compiled model reports it runs
-another precision. Compiled blobs are cached (``CACHE_DIR``) beside the model when that
-folder is writable, else in the user cache folder, so later processes skip compilation.
+which changes images, so ``INFERENCE_PRECISION_HINT`` is ``f32`` unless bf16 is asked for
+(``compute_precision="bf16"``, ``ddpm-run --precision bf16``). That is refused on CPUs
+without native bf16 (read from the plugin's ``OPTIMIZATION_CAPABILITIES``), and refused
+again if the compiled model reports it runs another precision. Compiled blobs are cached
+(``CACHE_DIR``) beside the model when that folder is writable, else in the user cache
+folder, so later processes skip compilation.
 
 An infer request is not thread-safe, a compiled model is: each call borrows an idle request
 of its batch's compiled model from a small pool (creating one when all are busy) and returns
@@ -110,7 +111,7 @@ class _Compiled:
 
 
 class OpenVinoEngine:
-    """model.onnx on OpenVINO CPU; ``precision`` "fp32" (pinned) or "bf16" (native bf16 only)."""
+    """model.onnx on OpenVINO CPU; ``compute_precision`` "fp32" (pinned) or "bf16" (native only)."""
 
     name = "openvino"
     default_file = "model.onnx"
@@ -118,8 +119,9 @@ class OpenVinoEngine:
 
     def __init__(
         self, path: Path, device: str = "cpu", *, num_threads: int | None = None,
-        precision: str = "fp32", cache: bool = True,
+        compute_precision: str = "fp32", cache: bool = True,
     ) -> None:
+        precision = compute_precision
         if device != "cpu":
             raise BackendError(
                 f"backend 'openvino' runs on the CPU only, got device {device!r}; pass --device cpu, "
