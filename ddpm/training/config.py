@@ -62,6 +62,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad option and a value that works."""
+        check_numbers(self)  # types and ddpm.limits bounds first: nothing allocated yet
         checks = [
             (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
@@ -119,3 +120,31 @@ def resume_config(
                 f"drop {flag} when resuming (or start a fresh run without --resume)"
             )
     return dataclasses.replace(base, **updates)
+
+
+def check_numbers(config: TrainConfig) -> None:
+    """Integers are integers within ``ddpm.limits`` and floats are finite numbers, so
+    ``--batch-size 1000000000`` or a string in a resumed checkpoint's ``train_args`` fails in
+    one line before any data is loaded or model is built."""
+    import math
+
+    from ddpm import limits
+
+    for name, bound, minimum in (
+        ("steps", "STEPS", 1), ("batch_size", "BATCH_SIZE", 1),
+        ("num_samples", "NUM_SAMPLES", 1), ("sample_steps", "SAMPLE_STEPS", 1),
+        ("image_size", "IMAGE_SIZE", 1), ("num_train_timesteps", "TIMESTEPS", 1),
+        ("warmup", "STEPS", 0), ("sample_every", "STEPS", 0), ("save_every", "STEPS", 0),
+    ):
+        limits.check_int("--" + name.replace("_", "-"), getattr(config, name), bound,
+                         minimum=minimum)
+    for name in ("lr", "weight_decay", "ema_decay", "grad_clip", "label_dropout"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+            value
+        ):
+            raise ConfigError(
+                f"--{name.replace('_', '-')} must be a finite number, got {value!r}"
+            )
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int):
+        raise ConfigError(f"--seed must be an integer, got {config.seed!r}")
