@@ -47,6 +47,12 @@ class BackendError(DDPMError):
     """A runtime backend or execution provider is unavailable or misconfigured."""
 
 
+class NonFiniteError(DDPMError):
+    """NaN or Inf where finite numbers are required: a diverged training loss, model output."""
+
+    exit_code = 1
+
+
 class ValidationError(DDPMError):
     """Exported model outputs differ from PyTorch beyond tolerance."""
 

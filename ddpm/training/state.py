@@ -1,4 +1,5 @@
-"""RNG states in a form ``torch.load(weights_only=True)`` accepts, and weight hashes.
+"""RNG states in a form ``torch.load(weights_only=True)`` accepts, weight hashes, and the
+finite-loss guard that stops a diverged run before it writes a poisoned checkpoint.
 
 Python's and numpy's RNG states contain tuples and numpy arrays; they are stored as plain
 lists of ints so a checkpoint never needs a custom unpickler.
@@ -7,10 +8,13 @@ lists of ints so a checkpoint never needs a custom unpickler.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 
 import numpy as np
 import torch
+
+from ddpm.errors import NonFiniteError
 
 
 def seed_everything(seed: int) -> None:
@@ -40,6 +44,19 @@ def restore_rng(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def check_loss(loss: float, step: int, config, saved_step: int | None) -> None:
+    """Stop at the first NaN/Inf loss, naming the step, the checkpoint kept and what to try."""
+    if math.isfinite(loss):
+        return
+    kept = (f"{config.out}/ckpt.pt from step {saved_step} is kept" if saved_step
+            else "no checkpoint had been written yet")
+    raise NonFiniteError(
+        f"training loss is {loss} at step {step}: the run diverged and stopped without saving "
+        f"it; {kept}; start again with a lower --lr (now {config.lr:g}) and --grad-clip 1 "
+        f"(now {config.grad_clip:g})"
+    )
 
 
 def weights_sha256(state_dict: dict) -> str:

@@ -27,7 +27,7 @@ from ddpm.training import ddp
 from ddpm.training.config import TrainConfig
 from ddpm.training.datasets import DataOrder, step_generator
 from ddpm.training.prepare import Prepared, prepare
-from ddpm.training.state import capture_rng, weights_sha256
+from ddpm.training.state import capture_rng, check_loss, weights_sha256
 
 #: When set, each rank writes the sha256 of its final weights to DIR/rank{R}.sha256.
 HASH_DIR_ENV = "DDPM_TRAIN_HASH_DIR"
@@ -75,6 +75,7 @@ class Trainer:
         self.sqrt_ac, self.sqrt_1m_ac = a, b  # (T,) each, float32, cast once
         self.shard = self.cfg.batch_size // self.dist.world_size
         self.cond = run.num_classes > 0
+        self.saved_step = run.start_step or None  # step of the ckpt.pt on disk, if any
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up to ``lr`` over ``warmup`` steps, then constant (a function of step)."""
@@ -137,19 +138,21 @@ class Trainer:
         try:
             while self.step < cfg.steps:
                 loss = self.train_step(self.step)
+                check_loss(loss, self.step + 1, self.cfg, self.saved_step)  # never save NaN
                 self.step += 1
                 self.losses.append(loss)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 bar.update(1)
-                if cfg.sample_every and self.step % cfg.sample_every == 0:
-                    self.write_samples()
+                # Checkpoint before the grid: a grid that fails never loses the run.
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self.write_checkpoint()
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.write_samples()
         finally:
             bar.close()
+        self.write_checkpoint()
         if not (cfg.sample_every and self.step % cfg.sample_every == 0):
             self.write_samples()
-        self.write_checkpoint()
         self.write_hash()
         ddp.barrier(self.dist)
         return TrainResult(out=out, step=self.step, losses=self.losses, is_main=self.dist.is_main)
@@ -200,6 +203,7 @@ class Trainer:
 
         out = Path(self.cfg.out)
         save_checkpoint(out / "ckpt.pt", self.checkpoint())
+        self.saved_step = self.step
         save_loss_plot(out / "loss.png", self.losses, title=f"{self.cfg.arch} on {self.cfg.dataset}")
 
     def write_hash(self) -> None:
