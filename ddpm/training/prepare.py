@@ -21,6 +21,7 @@ from torch import nn
 
 from ddpm._io import check_writable_dir
 from ddpm.errors import CheckpointError, ConfigError, DDPMError
+from ddpm.limits import check_elements
 from ddpm.schedule import ScheduleConfig, q_sample_coefficients
 from ddpm.training import ddp
 from ddpm.training.config import TrainConfig, resume_config
@@ -60,6 +61,8 @@ def prepare(
             )
     config.validate()
     schedule = config.schedule()
+    # Before loading data: an unwritable --out must not cost a data load and a model build.
+    check_writable_dir(config.out, what="training outputs (--out)")
     from ddpm.models.registry import archs
 
     if config.arch not in archs():  # fail before loading any data
@@ -80,6 +83,9 @@ def prepare(
             "images in one sub-folder per class or drop --conditional"
         )
 
+    s = config.image_size
+    check_elements("a training batch", (config.batch_size, data.channels, s, s))
+    check_elements("the --num-samples grid", (config.num_samples, data.channels, s, s))
     seed_everything(config.seed)  # before building: same seed -> same init on every rank
     model, model_config = _build_model(config, data.channels, num_classes, ckpt)
     _check_forward(model, config, data.channels, num_classes)
@@ -93,7 +99,6 @@ def prepare(
                    schedule, q_sample_coefficients(schedule))
     if ckpt is not None:
         _restore(run, ckpt, resume)
-    check_writable_dir(config.out, what="training outputs (--out)")
     return run
 
 
@@ -158,7 +163,11 @@ def _check_forward(model: nn.Module, config: TrainConfig, channels: int, num_cla
 
 
 def _restore(run: Prepared, ckpt: dict, path: str | os.PathLike) -> None:
+    from ddpm.models.checkpoint import check_finite
+
     step = int(ckpt["step"])
+    for weights in ("model", "ema"):  # resuming a diverged run would only diverge again
+        check_finite(ckpt[weights] or {}, f"{str(path)!r} {weights!r} weights")
     try:
         run.model.load_state_dict(ckpt["model"], strict=True)
         run.ema.load_state_dict(ckpt["ema"], num_updates=step)  # one EMA update per step
