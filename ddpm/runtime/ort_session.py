@@ -83,20 +83,58 @@ def physical_cores() -> int:
     return max(1, min(len(cores) or allowed, allowed))
 
 
-def providers_for(ort: Any, device: str, *, tensorrt: bool = False, cuda_graph: bool = False) -> list:
-    """The provider list for ``device``; raises BackendError naming the fix if unavailable."""
+#: Substrings of ORT errors that mean CUDA/cuDNN/TensorRT libraries could not be loaded.
+_LIBRARY_ERRORS = ("libcu", "libnv", "cudnn", "cublas", "cudart", "CUDA_PATH", "provider bridge",
+                   "LoadLibrary", "dlopen", "cannot open shared object", "TensorRT")
+
+
+def preload_cuda(ort: Any) -> None:
+    """Load the CUDA / cuDNN libraries ORT's CUDA EP needs before any session is built.
+
+    ``onnxruntime.preload_dlls()`` (ORT >= 1.21) finds the ones the nvidia-* wheels or torch
+    installed; without it the EP only looks on the system library path, and a session built
+    before torch is imported silently runs on the CPU EP.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception:  # missing libraries surface as a checked provider error below
+            pass
+
+
+def providers_for(
+    ort: Any, device: str, *, tensorrt: bool = False, cuda_graph: bool = False, tf32: bool = False,
+    trt_cache: Path | None = None,
+) -> list:
+    """The provider list for ``device``; raises BackendError (exit 2) naming the fix when the
+    install or the device cannot honour an option.
+
+    ``tf32`` lets the CUDA EP use TF32 tensor-core math: faster convolutions, but images
+    differ from the CPU ones beyond fp32 rounding, so it is off unless asked for.
+    ``trt_cache`` is the TensorRT engine cache folder (engines take minutes to build).
+    """
     available = set(ort.get_available_providers())
     if device == "cpu":
+        for flag, on, why in (("cuda_graph", cuda_graph, "CUDA graphs are a CUDA EP feature"),
+                              ("tensorrt", tensorrt, "TensorRT runs on CUDA devices only"),
+                              ("tf32", tf32, "TF32 is CUDA tensor-core math")):
+            if on:
+                dashed = flag.replace("_", "-")
+                raise BackendError(
+                    f"--{dashed} needs --device cuda, got device 'cpu' ({why}); drop --{dashed} "
+                    "or pass --device cuda", field=flag,
+                )
         return ["CPUExecutionProvider"]
     if device != "cuda":
-        raise BackendError(f"unknown device {device!r}; expected cpu or cuda")
+        raise BackendError(f"unknown device {device!r}; expected cpu or cuda", field="device")
     if "CUDAExecutionProvider" not in available:
         raise BackendError(
             "device 'cuda' needs onnxruntime's CUDAExecutionProvider, which this install lacks "
             f"(available: {', '.join(sorted(available))}); install the GPU build with "
-            f"`pip uninstall -y onnxruntime && {GPU_HINT}`, or use device 'cpu'"
+            f"`pip uninstall -y onnxruntime && {GPU_HINT}`, or use device 'cpu'", field="device",
         )
-    cuda_opts = {"device_id": 0}
+    cuda_opts = {"device_id": "0", "use_tf32": "1" if tf32 else "0"}
     if cuda_graph:
         # Replays the captured graph on every run; needs IO binding at fixed addresses.
         cuda_opts["enable_cuda_graph"] = "1"
@@ -104,20 +142,49 @@ def providers_for(ort: Any, device: str, *, tensorrt: bool = False, cuda_graph: 
     if tensorrt:
         if "TensorrtExecutionProvider" not in available:
             raise BackendError(
-                "TensorRT was requested but onnxruntime has no TensorrtExecutionProvider; "
-                "install TensorRT for your CUDA version, or drop the tensorrt option"
+                "--tensorrt needs onnxruntime's TensorrtExecutionProvider, which this install "
+                f"lacks (available: {', '.join(sorted(available))}); install TensorRT for your "
+                "CUDA version (pip install tensorrt), or drop --tensorrt", field="tensorrt",
             )
-        providers.append(("TensorrtExecutionProvider", {"device_id": 0, "trt_fp16_enable": False}))
+        trt = {"device_id": "0", "trt_fp16_enable": "0", "trt_engine_cache_enable": "1",
+               "trt_timing_cache_enable": "1"}
+        if trt_cache is not None:
+            trt["trt_engine_cache_path"] = trt["trt_timing_cache_path"] = str(trt_cache)
+        if cuda_graph:
+            trt["trt_cuda_graph_enable"] = "1"
+        providers.append(("TensorrtExecutionProvider", trt))
     providers += [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
     return providers
 
 
+def check_providers(sess: Any, path: Path, device: str, *, tensorrt: bool = False) -> None:
+    """Raise BackendError when the session silently fell back from the requested provider."""
+    if device != "cuda":
+        return
+    used = list(sess.get_providers())
+    want = ["CUDAExecutionProvider"] + (["TensorrtExecutionProvider"] if tensorrt else [])
+    missing = [p for p in want if p not in used]
+    if missing:
+        raise BackendError(
+            f"{path}: onnxruntime fell back to {', '.join(used)} without {', '.join(missing)} "
+            "(its CUDA/cuDNN or TensorRT libraries did not load); install the [gpu] extra's "
+            f"libraries (`{GPU_HINT}`, and tensorrt for --tensorrt) or use --device cpu",
+            field="tensorrt" if "TensorrtExecutionProvider" in missing else "device",
+        )
+
+
 def session_options(
-    ort: Any, num_threads: int | None = None, spin: bool = False, fixed_dims: dict[str, int] | None = None
+    ort: Any, num_threads: int | None = None, spin: bool = False, fixed_dims: dict[str, int] | None = None,
+    *, strict_device: bool = False,
 ) -> Any:
     """Tuned CPU options; ``fixed_dims`` pins named free dimensions (e.g. ``{"batch": 8}``) so
-    ORT constant-folds the exporter's Shape/Gather/Concat chains into static Reshapes."""
+    ORT constant-folds the exporter's Shape/Gather/Concat chains into static Reshapes.
+    ``strict_device`` makes session creation fail if any node would run on the CPU EP
+    (``session.disable_cpu_ep_fallback``): for a fully fixed-shape graph on CUDA, where a
+    CPU node would mean a host round trip every step and break CUDA graph capture."""
     so = ort.SessionOptions()
+    if strict_device:
+        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     if spin:  # spin inside a run only: the pool stops spinning when run() returns
         so.add_session_config_entry("session.force_spinning_stop", "1")
@@ -140,21 +207,42 @@ def create_session(
     num_threads: int | None = None,
     tensorrt: bool = False,
     cuda_graph: bool = False,
+    tf32: bool = False,
     spin: bool = False,
     fixed_dims: dict[str, int] | None = None,
+    strict_device: bool = False,
 ) -> Any:
-    """An InferenceSession for ``path`` whose inputs/outputs match ``contract``."""
+    """An InferenceSession for ``path`` whose inputs/outputs match ``contract``, on the
+    providers asked for (checked after creation: ORT falls back to the CPU EP silently)."""
     ort = import_ort()
-    providers = providers_for(ort, device, tensorrt=tensorrt, cuda_graph=cuda_graph)
+    trt_cache = Path(path).parent / "trt_cache" if tensorrt else None
+    providers = providers_for(ort, device, tensorrt=tensorrt, cuda_graph=cuda_graph, tf32=tf32,
+                              trt_cache=trt_cache)
+    if device == "cuda":
+        preload_cuda(ort)
+        if trt_cache is not None:
+            trt_cache.mkdir(exist_ok=True)
+    so = session_options(ort, num_threads, spin, fixed_dims, strict_device=strict_device and device != "cpu")
     try:
-        sess = ort.InferenceSession(
-            str(path), sess_options=session_options(ort, num_threads, spin, fixed_dims), providers=providers
-        )
+        sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
     except Exception as e:  # ORT raises its own pybind exception types (InvalidProtobuf, Fail...)
+        msg = first_line(e)
+        if device == "cuda" and any(k.lower() in msg.lower() for k in _LIBRARY_ERRORS):
+            raise BackendError(
+                f"{path}: onnxruntime's {device} provider failed to start ({msg}); its CUDA / "
+                f"cuDNN libraries are missing or mismatched: `{GPU_HINT}`, or use --device cpu",
+                field="device",
+            ) from None
+        if strict_device and "fallback" in msg.lower():
+            raise BackendError(
+                f"{path}: some nodes of this graph cannot run on {device} ({msg}); re-export it "
+                "with `ddpm-export CKPT --with-step`, or use --loop host", field="loop",
+            ) from None
         raise ArtifactError(
-            f"{path}: onnxruntime cannot load this model ({first_line(e)}); the file is corrupt "
+            f"{path}: onnxruntime cannot load this model ({msg}); the file is corrupt "
             "or incomplete: re-export it with `ddpm-export CKPT`"
         ) from None
+    check_providers(sess, Path(path), device, tensorrt=tensorrt)
     got = tuple(i.name for i in sess.get_inputs())
     if got != contract.input_names:
         raise ArtifactError(
