@@ -90,6 +90,11 @@ class SessionCache:
         with self._cond:
             return sum(e.nbytes for e in self._entries.values())
 
+    def in_use(self) -> int:
+        """How many entries some caller holds right now."""
+        with self._cond:
+            return sum(e.users > 0 for e in self._entries.values())
+
     def acquire(self, key: Hashable) -> Any:
         """The session for ``key``, built on first use; pair with :meth:`release`."""
         with self._cond:
