@@ -48,12 +48,17 @@ def _fault_point(event: str, final: Path) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final))
 
 
-def output_error(path: str | os.PathLike, e: OSError, what: str = "output") -> OutputError:
-    """One-line OutputError for a failed write of ``path`` (the exit code follows errno)."""
+def output_error(
+    path: str | os.PathLike, e: OSError, what: str = "output", note: str = ""
+) -> OutputError:
+    """One-line OutputError for a failed write of ``path`` (the exit code follows errno).
+
+    ``note`` is appended, e.g. "the previous ckpt.pt is unchanged"."""
     from ddpm._cli import OS_ERRORS
 
     code, fix = OS_ERRORS.get(e.errno or 0, (1, "choose another output folder"))
-    err = OutputError(f"cannot write {what} {str(path)!r}: {e.strerror or e}; {fix}")
+    extra = f"; {note}" if note else ""
+    err = OutputError(f"cannot write {what} {str(path)!r}: {e.strerror or e}{extra}; {fix}")
     err.exit_code = code
     return err
 

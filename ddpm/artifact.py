@@ -130,6 +130,7 @@ class Contract:
         )
         if missing:
             raise ArtifactError(f"{source}: contract lacks {missing}; {REEXPORT_HINT}")
+        _check_field_types(d, source)
         try:
             kw = {k: v for k, v in d.items() if k in known}
             kw["inputs"] = tuple(TensorSpec.from_dict(s) for s in d["inputs"])
@@ -183,6 +184,57 @@ class Contract:
                 raise bad(f"timestep dtype is {self.inputs[1].dtype}, expected int64")
             if self.conditional != ("class_labels" in names):
                 raise bad(f"num_classes={self.num_classes} but inputs are {names}")
+
+
+_INT, _STR, _LIST = (int,), (str,), (list, tuple)
+#: Contract field -> allowed JSON types (bool is never an int), checked before anything else.
+CONTRACT_TYPES: dict[str, tuple[type, ...]] = {
+    "arch": _STR, "model_config": (dict,), "schedule": (dict,), "betas_sha256": _STR,
+    "image_channels": _INT, "image_height": _INT, "image_width": _INT, "num_classes": _INT,
+    "inputs": _LIST, "outputs": _LIST, "value_range": _LIST, "null_label": (int, type(None)),
+    "graph": _STR, "precision": _STR, "step_graph": (dict, type(None)), "versions": (dict,),
+}
+TENSOR_TYPES: dict[str, tuple[type, ...]] = {"name": _STR, "dtype": _STR, "shape": _LIST}
+
+
+def _check_field_types(d: dict[str, Any], source: str) -> None:
+    """Wrong JSON types, sizes above ``ddpm.limits`` and a degenerate ``value_range`` as one
+    ArtifactError naming the field, instead of a TypeError (or NaN images) later."""
+    import math
+
+    from ddpm import limits
+
+    fix = REEXPORT_HINT
+    limits.check_types(d, CONTRACT_TYPES, f"{source}: contract", ArtifactError, fix)
+    limits.check_schedule(d["schedule"], f"{source}: contract schedule", ArtifactError, fix)
+    for key in ("inputs", "outputs"):
+        for i, spec in enumerate(d[key]):
+            where = f"{source}: contract {key}[{i}]"
+            if not isinstance(spec, dict):
+                raise ArtifactError(
+                    f"{where} must be an object, got {limits.type_name(spec)}; {fix}"
+                )
+            limits.check_types(spec, TENSOR_TYPES, where, ArtifactError, fix, required=True)
+            dims = [v for v in spec["shape"] if isinstance(v, bool) or not isinstance(v, (int, str))]
+            if dims:
+                raise ArtifactError(f"{where} shape {spec['shape']!r} holds {dims[0]!r}, "
+                                    f"not an int or an axis name; {fix}")
+    sizes = [("image_channels", "IMAGE_CHANNELS", 1), ("image_height", "IMAGE_SIZE", 1),
+             ("image_width", "IMAGE_SIZE", 1), ("num_classes", "NUM_CLASSES", 0)]
+    for key, bound, minimum in sizes:
+        try:
+            limits.check_int(f"contract {key}", d[key], bound, minimum=minimum)
+        except ConfigError as e:
+            raise ArtifactError(f"{source}: {e}") from None
+    vr = d.get("value_range", (-1.0, 1.0))
+    ok = len(vr) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vr
+    )
+    if not ok or not vr[0] < vr[1]:
+        raise ArtifactError(
+            f"{source}: contract value_range {vr!r} must be two finite numbers lo < hi "
+            f"(e.g. [-1, 1]); {fix}"
+        )
 
 
 def contract_for(

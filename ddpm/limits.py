@@ -149,3 +149,28 @@ def check_types(
             raise error(
                 f"{where}: {key!r} must be {expected}, got {type_name(value)}{shown}; {fix}"
             )
+
+
+#: ScheduleConfig field -> allowed types (the fields of ``ddpm.schedule.ScheduleConfig``).
+SCHEDULE_TYPES: dict[str, tuple[type, ...]] = {
+    "num_train_timesteps": (int,), "beta_start": (float, int), "beta_end": (float, int),
+    "clip_sample_range": (float, int), "steps_offset": (int,),
+    "dynamic_thresholding_ratio": (float, int), "sample_max_value": (float, int),
+    "trained_betas": (list, tuple, type(None)),
+    **{k: (str,) for k in ("beta_schedule", "prediction_type", "variance_type",
+                           "timestep_spacing", "ddim_prev_timestep", "objective")},
+    **{k: (bool,) for k in ("clip_sample", "set_alpha_to_one", "clipped_eps", "thresholding",
+                            "rescale_betas_zero_snr")},
+}
+
+
+def check_schedule(d: dict, where: str, error: type[Exception], fix: str) -> None:
+    """Types of a stored schedule dict, and T (which sizes every table) within the limit."""
+    check_types(d, SCHEDULE_TYPES, where, error, fix)
+    sizes = [("num_train_timesteps", d.get("num_train_timesteps", 1), 1),
+             ("trained_betas length", len(d.get("trained_betas") or ()), 0)]
+    for what, value, minimum in sizes:
+        try:
+            check_int(f"{where} {what}", value, "TIMESTEPS", minimum=minimum)
+        except ConfigError as e:
+            raise error(str(e)) from None
