@@ -69,12 +69,16 @@ def profile(path: str, batch: int, threads: int, warmup: int, runs: int) -> dict
          "nodes": nodes[op] // calls}
         for op, us in total.most_common()
     ]
-    return {"model": str(path), "batch": batch, "threads": threads, "runs": runs,
+    from ddpm.cpuinfo import cpu_facts
+
+    return {**cpu_facts(), "model": str(path), "batch": batch, "threads": threads, "runs": runs,
             "wall_ms_per_call_profiled": round(wall_ms, 2), "kernel_ms_per_call": round(kernel_ms, 2),
             "ops": ops, "load_average": os.getloadavg()[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ddpm.runtime.ort_session import import_ort
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model", help="an exported model.onnx / model_optimized.onnx / model_int8.onnx")
     p.add_argument("--batch", type=int, default=8)
@@ -86,12 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     res = profile(a.model, a.batch, a.threads, a.warmup, a.runs)
     res["command"] = " ".join(["python", *sys.argv]) if argv is None else None
+    res["onnxruntime"] = import_ort().__version__
     print(f"{Path(a.model).name}: batch {a.batch}, {a.threads} thread(s): "
           f"{res['wall_ms_per_call_profiled']:.1f} ms per call (profiled), kernels {res['kernel_ms_per_call']:.1f} ms")
     for r in res["ops"][: a.top]:
         print(f"  {r['op']:24s} {r['ms_per_call']:8.2f} ms  {100 * r['share']:5.1f} %  {r['nodes']:4d} nodes")
     if a.out:
-        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+        from ddpm._io import atomic_write_bytes
+
+        atomic_write_bytes(a.out, (json.dumps(res, indent=1) + "\n").encode())
     return 0
 
 

@@ -1,39 +1,34 @@
-"""``ddpm-bench``: side-by-side sampling benchmark against diffusers' DDPMPipeline (issue 7).
+"""``ddpm-bench``: side-by-side sampling benchmark against diffusers' DDPMPipeline.
 
-A thin front end to ``benchmarks/bench_sampling.py`` (a script, like every benchmark: it
-needs the dev extras -- torch, diffusers -- and a source checkout). ``--quick`` runs a tiny
-model for a few steps: the smoke test. Everything after the options is passed through, e.g.
-``ddpm-bench --batches 16 --repeats 5``; see ``ddpm-bench --help-bench`` for the list.
+A thin front end to :mod:`ddpm.bench.harness`, which ships in the wheel; the contenders need
+torch, diffusers and onnxruntime (``pip install "ddpm-toolkit[bench]"``, plus ``[openvino]``
+for the OpenVINO rows). ``--quick`` runs a tiny model for a few steps: the smoke test. The
+JSON is written only where ``--out`` says and built models go to ``--work`` (default the
+user cache folder), so nothing lands in the working directory. Everything after the options
+is passed through, e.g. ``ddpm-bench --batches 16 --repeats 5``; see ``--help-bench``.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 
 import click
 
 from ddpm._cli import friendly_errors
 from ddpm.errors import ConfigError
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_sampling.py"
+NEEDS = ("torch", "diffusers", "onnxruntime", "onnx")
 
 
-def load_bench(script: Path = SCRIPT):
-    """Import benchmarks/bench_sampling.py as a module; ConfigError naming the fix if absent."""
-    if not script.is_file():
-        raise ConfigError(
-            f"ddpm-bench needs the benchmarks/ folder of a source checkout ({script} not found); "
-            "clone the repository and `pip install -e .[dev]`"
-        )
-    missing = [m for m in ("torch", "diffusers", "onnxruntime") if importlib.util.find_spec(m) is None]
+def check_installed() -> None:
+    """ConfigError naming the extra when a package the contenders need is missing."""
+    missing = [m for m in NEEDS if importlib.util.find_spec(m) is None]
     if missing:
-        raise ConfigError(f"ddpm-bench needs {', '.join(missing)}; install `pip install -e .[dev]`")
-    spec = importlib.util.spec_from_file_location("bench_sampling", script)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+        raise ConfigError(
+            f"ddpm-bench needs {', '.join(missing)}, which are not installed; install them with "
+            '`pip install "ddpm-toolkit[bench]"`'
+        )
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"],
@@ -43,12 +38,15 @@ def load_bench(script: Path = SCRIPT):
 @click.pass_context
 @friendly_errors
 def main(ctx: click.Context, quick: bool, help_bench: bool) -> None:
-    """Time DDPMPipeline, our torch loop, torch.compile, ORT and ddpm-run side by side."""
-    bench = load_bench()
+    """Time DDPMPipeline, torch loops, ORT and OpenVINO side by side on the same UNet."""
     argv = (["--quick"] if quick else []) + list(ctx.args)
     if help_bench:
         argv = ["--help"]
+    else:
+        check_installed()
+    from ddpm.bench.harness import run
+
     try:
-        bench.run(argv, log=lambda m: click.echo(m))
+        run(argv, log=lambda m: click.echo(m))
     except SystemExit as e:  # argparse's --help
         sys.exit(e.code)

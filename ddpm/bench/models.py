@@ -1,9 +1,14 @@
-"""Benchmark models: the convolution article's UNet2DModel, built once, exported with our exporter.
+"""Benchmark models: diffusers UNet2DModels built from a config, exported with our exporter.
 
-``article_unet(seed)`` is diffusers' ``UNet2DModel`` with the config of the issue (sample_size
-28, block_out_channels (32, 64, 64), DownBlock2D + 2x AttnDownBlock2D, 1.71 M parameters),
-randomly initialised with a fixed seed and every weight perturbed (zero-initialised output
-convs would otherwise make the network constant). ``load_model(name, work)`` wraps it with
+- ``article``: the seed article's UNet2DModel (sample_size 28, block_out_channels (32, 64,
+  64), DownBlock2D + 2x AttnDownBlock2D, 1.71 M parameters);
+- ``cifar``: the google/ddpm-cifar10-32 layout (32x32x3, channels (128, 256, 256, 256),
+  attention at 16x16, 35.7 M parameters), built from its config: no download;
+- ``tiny``: a few-thousand-parameter model for the smoke test;
+- ``bundled``: the trained digits model's ckpt.pt (``runs/bundled`` in a source checkout).
+
+Random models get seeded weights, every one perturbed (zero-initialised output convs would
+otherwise make the network constant). ``load_model(name, work)`` wraps the UNet with
 :func:`ddpm.models.unet2d.from_diffusers`, writes a ddpm-train style ``ckpt.pt`` and exports
 it with :func:`ddpm.export.export_checkpoint` (model.onnx, validated), so every contender --
 DDPMPipeline, our torch loop, torch.compile, ORT -- runs the identical weights.
@@ -22,13 +27,13 @@ ARTICLE_CONFIG: dict[str, Any] = {
 }
 
 
-def article_unet(seed: int = 0):
-    """The issue's UNet2DModel with seeded random weights (all perturbed), eval mode."""
+def article_unet(seed: int = 0, config: dict[str, Any] | None = None):
+    """A UNet2DModel (default: the article's) with seeded random weights, all perturbed."""
     import torch
     from diffusers import UNet2DModel
 
     torch.manual_seed(seed)
-    unet = UNet2DModel(**ARTICLE_CONFIG)
+    unet = UNet2DModel(**(config or ARTICLE_CONFIG))
     with torch.no_grad():
         for p in unet.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -59,12 +64,18 @@ def write_ckpt(model, path: Path, *, num_classes: int = 0) -> Path:
     return save_checkpoint(path, ckpt)
 
 
+CIFAR_CONFIG: dict[str, Any] = {
+    "sample_size": 32, "in_channels": 3, "out_channels": 3, "layers_per_block": 2,
+    "block_out_channels": (128, 256, 256, 256),
+    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+}
 TINY_CONFIG: dict[str, Any] = {
     "sample_size": 8, "in_channels": 1, "out_channels": 1, "layers_per_block": 1,
     "block_out_channels": (8, 16), "down_block_types": ("DownBlock2D", "AttnDownBlock2D"),
     "up_block_types": ("AttnUpBlock2D", "UpBlock2D"), "norm_num_groups": 4, "attention_head_dim": 4,
 }
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the source checkout, when run from one
 BUNDLED_CKPT = REPO / "runs" / "bundled" / "ckpt.pt"
 
 
@@ -82,7 +93,7 @@ def _export(ckpt: Path, out: Path, int8: bool) -> dict[str, Path | None]:
 
 def load_model(name: str, work: Path, *, int8: bool = False,
                bundled: str | Path | None = None) -> tuple[dict[str, Any] | None, str]:
-    """Everything the harness needs for model ``name`` (article | bundled | tiny), or a note."""
+    """Everything the harness needs for model ``name`` (article | cifar | bundled | tiny), or a note."""
 
     from ddpm.models.checkpoint import load_checkpoint, model_from_checkpoint
     from ddpm.models.unet2d import from_diffusers
@@ -90,17 +101,17 @@ def load_model(name: str, work: Path, *, int8: bool = False,
 
     out = work / name
     unet = None
-    if name in ("article", "tiny"):
-        unet = article_unet(0) if name == "article" else _tiny_unet()
+    if name in ("article", "cifar", "tiny"):
+        unet = _tiny_unet() if name == "tiny" else article_unet(0, CIFAR_CONFIG if name == "cifar" else None)
         ckpt = out / "ckpt.pt"
         if not ckpt.is_file():
             write_ckpt(from_diffusers(unet), ckpt)
     elif name == "bundled":
         ckpt = Path(bundled or BUNDLED_CKPT)
         if not ckpt.is_file():
-            return None, f"bundled model skipped: {ckpt} not found (train it first)"
+            return None, f"bundled model skipped: {ckpt} not found (pass --bundled-ckpt)"
     else:
-        return None, f"unknown model {name!r} skipped (article, bundled or tiny)"
+        return None, f"unknown model {name!r} skipped (article, cifar, bundled or tiny)"
     try:
         paths = _export(ckpt, out, int8)
     except TypeError:  # an exporter without int8 support
