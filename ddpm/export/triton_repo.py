@@ -4,6 +4,11 @@ Layout (Triton's model repository convention)::
 
     DIR/<name>/config.pbtxt     onnxruntime backend, dynamic batching, IO from the contract
     DIR/<name>/1/model.onnx     the validated fp32 graph (contract metadata included)
+    DIR/ddpm_sampler/...        whole sampling on the Python backend (ddpm.serve.repository):
+                                one request -> finished uint8 images, no client-side loop
+
+The UNet model serves clients that drive the loop themselves (one round trip per step); the
+``ddpm_sampler`` model runs :class:`ddpm.runtime.Sampler` inside the server.
 
 With ``max_batch_size > 0`` Triton owns the batch axis, so ``dims`` omit it; the per-sample
 scalars ``timestep`` / ``class_labels`` (shape (batch,) in the graph) are declared as
@@ -22,6 +27,7 @@ from pathlib import Path
 from ddpm._io import check_writable_dir
 from ddpm.artifact import Contract, TensorSpec
 from ddpm.errors import OutputError
+from ddpm.serve.repository import replace_dir, write_sampler_model
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64"}
 DEFAULT_MAX_BATCH = 64
@@ -61,7 +67,8 @@ def write_triton_repo(
     name: str = "ddpm",
     max_batch_size: int = DEFAULT_MAX_BATCH,
 ) -> Path:
-    """Write ``repo/name/{config.pbtxt, 1/model.onnx}``; returns the model folder."""
+    """Write ``repo/name/{config.pbtxt, 1/model.onnx}`` and ``repo/ddpm_sampler``; returns the
+    UNet model folder."""
     root = check_writable_dir(repo, what="the Triton model repository")
     final = root / name
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
@@ -69,14 +76,7 @@ def write_triton_repo(
         (tmp / "1").mkdir()
         shutil.copyfile(model_onnx, tmp / "1" / "model.onnx")
         (tmp / "config.pbtxt").write_text(config_pbtxt(contract, name, max_batch_size))
-        if final.exists():
-            # os.replace cannot replace a non-empty folder: swap the old one out first.
-            old = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.old."))
-            os.replace(final, old / name)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
     except OSError as e:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)
@@ -84,4 +84,5 @@ def write_triton_repo(
             f"cannot write the Triton model repository {str(final)!r}: {e.strerror or e}; "
             "choose a writable --triton-repo"
         ) from None
+    write_sampler_model(contract, root, model_onnx=model_onnx)
     return final
