@@ -25,7 +25,8 @@ FLAGS = {
     "labels": "--label", "guidance": "--guidance", "batch_size": "--batch-size",
     "backend": "--backend", "device": "--device", "precision": "--precision", "path": "--model",
     "num_threads": "--threads", "scale": "--scale", "out": "--out",
-    "trajectory_samples": "--trajectory-samples",
+    "trajectory_samples": "--trajectory-samples", "loop": "--loop", "tf32": "--tf32",
+    "cuda_graph": "--cuda-graph", "tensorrt": "--tensorrt",
 }
 
 
@@ -100,12 +101,16 @@ D = defaults
 @click.option("--spin", is_flag=True, help="ort CPU: let pool threads spin-wait inside a model call (faster for a single image on an idle machine, slower on a busy one).")
 @click.option("--threads", default=None, type=int, help="CPU threads for ONNX Runtime / OpenVINO (default: physical cores).")
 @click.option("--tensorrt", is_flag=True, help="ort + cuda: try the TensorRT EP first (opt-in).")
-@click.option("--cuda-graph", is_flag=True, help="ort + cuda: capture the model run as a CUDA graph.")
+@click.option("--cuda-graph", is_flag=True, help="ort + cuda + --loop device: capture each step as a CUDA graph (fixed batch; same images).")
+@click.option("--loop", "loop", default=None, type=click.Choice(["host", "device"]), help="host: numpy step between model calls (default on CPU); device: the model_step.onnx graph with IO binding, x_t kept on the device (default on CUDA; needs ddpm-export --with-step).")
+@click.option("--update", default="onnx", show_default=True, type=click.Choice(["onnx", "triton"]), help="triton: ort + cuda, the model graph plus the fused Triton update kernel (needs torch + triton).")
+@click.option("--tf32", is_flag=True, help="ort + cuda: allow TF32 math (faster; images differ from CPU ones beyond fp32 rounding).")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
 @friendly_errors
 @flag_errors
 def main(model, steps, sampler, eta, backend, device, n, batch_size, seed, label, guidance, out, scale,
-         npz, trajectory, trajectory_samples, precision, spin, threads, tensorrt, cuda_graph, progress) -> None:
+         npz, trajectory, trajectory_samples, precision, spin, threads, tensorrt, cuda_graph, loop, update, tf32,
+         progress) -> None:
     """Sample images from an exported DDPM model and write them as an image grid."""
     from ddpm.images import image_format
     from ddpm.runtime.plan import check_int
@@ -127,8 +132,13 @@ def main(model, steps, sampler, eta, backend, device, n, batch_size, seed, label
     if precision == "bf16" and backend != "openvino":  # a compute precision, not a file variant
         raise BackendError(f"--precision bf16 needs --backend openvino, got {backend!r}; add --backend openvino")
     prec = {"compute_precision": "bf16"} if precision == "bf16" else {"precision": precision}
+    if update == "triton":
+        if loop == "host":
+            raise BackendError("--update triton is its own device loop; drop --loop host", field="loop")
+        loop = "triton"
+    cuda_kw = {"tf32": True} if tf32 else {}
     s = Sampler.from_path(model, backend, device, num_threads=threads, tensorrt=tensorrt, cuda_graph=cuda_graph,
-                          spin=spin, **prec)
+                          spin=spin, loop=loop, **cuda_kw, **prec)
     plan = s.plan(n, steps=steps, sampler=sampler, eta=eta, seed=seed, labels=label,
                   guidance=guidance, batch_size=batch_size)
 
@@ -151,7 +161,7 @@ def main(model, steps, sampler, eta, backend, device, n, batch_size, seed, label
     extra = "".join(f", {p}" for p in (npz, trajectory) if p)
     click.echo(
         f"wrote {out}{extra}: {plan.n} images {h}x{w}x{c}, {plan.steps} {plan.table.sampler} steps, "
-        f"{s.backend}/{s.device} from {s.engine.path}, {result.seconds:.2f}s "
+        f"{s.backend}/{s.device} ({s.loop} loop) from {s.engine.path}, {result.seconds:.2f}s "
         f"({plan.n / result.seconds:.1f} images/s)"
     )
 

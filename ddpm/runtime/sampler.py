@@ -24,7 +24,7 @@ from ddpm.errors import ArtifactError, BackendError, Cancelled
 from ddpm.images import encode_png, make_grid, to_uint8
 from ddpm.runtime.assets import default_model_path
 from ddpm.runtime.engines import Engine, open_engine
-from ddpm.runtime.loops import select_loop
+from ddpm.runtime.loops import check_backend, select_loop
 from ddpm.runtime.loops.guidance import uses_cfg
 from ddpm.runtime.plan import Plan, make_plan
 
@@ -91,7 +91,11 @@ class Sampler:
         self.backend: str = engine.name
         self.device: str = engine.device
         self.path = path
-        self._loop = select_loop(engine, loop)
+        try:
+            self._loop = select_loop(engine, loop)
+        except BaseException:
+            engine.close()  # a refused loop must not leak the engine's sessions
+            raise
         self.loop: str = self._loop.name
         self._closed = False
 
@@ -113,15 +117,20 @@ class Sampler:
     ) -> Sampler:
         """Open a model.onnx (``ort``), model.ts (``torchscript``) or ckpt.pt (``torch``).
 
+        ``loop``: "host" (numpy step between model calls), "device" (the model_step.onnx
+        graph with IO binding; ORT only) or "triton" (ORT CUDA + the fused Triton update);
+        None: device on CUDA when the step graph is there, else host.
+
         ``path`` may be the file or the folder holding it; None means the bundled digits
         model. ``num_threads`` caps this Sampler's CPU threads (default: the physical cores;
         all Samplers together stay within :func:`ddpm.runtime.set_thread_budget`).
         ``options`` go to the engine: ``precision="int8"`` opens the model_int8.onnx beside
         ``path``; ``spin`` lets ORT's pool spin-wait (faster only on an idle machine);
         ``max_sessions`` / ``max_session_bytes`` bound the ORT session cache;
-        ``tensorrt`` / ``cuda_graph`` are opt-in CUDA options; ``weights`` ("ema" or
+        ``tensorrt`` / ``cuda_graph`` / ``tf32`` are opt-in CUDA options; ``weights`` ("ema" or
         "model") picks the torch backend's weights.
         """
+        check_backend(backend, loop)
         if path is None:
             path = default_model_path(backend)
         engine = open_engine(path, backend, device, num_threads=num_threads, **options)
@@ -254,6 +263,9 @@ class Sampler:
     def close(self) -> None:
         """Free the engine's sessions and threads; later calls raise BackendError."""
         self._closed = True
+        close_loop = getattr(self._loop, "close", None)
+        if close_loop is not None:
+            close_loop()
         self.engine.close()
 
     def __enter__(self) -> Sampler:

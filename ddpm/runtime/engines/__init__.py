@@ -42,6 +42,8 @@ PRECISIONS = {"fp32": "", "int8": "_int8", "fp16": "_fp16"}
 #: device): the CPU EP runs ddpm-export --optimize's fused graph faster than the plain one.
 #: fp16 is never picked unasked (precision="fp16" opens model_fp16.onnx).
 PREFERRED = {("ort", "cpu"): ("model_optimized.onnx",)}
+#: (backend, device) served by a device-specific subclass of the backend's engine.
+DEVICE_ENGINES = {("ort", "cuda"): "ddpm.runtime.engines.ort_cuda:OrtCudaEngine"}
 
 __all__ = ["BACKENDS", "DEVICES", "ENGINES", "Engine", "HoldsSessions", "engine_class", "open_engine", "resolve_file"]
 
@@ -102,6 +104,14 @@ def open_engine(path: str | Path, backend: str = "ort", device: str = "cpu", **o
     if device not in DEVICES:
         raise BackendError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}", field="device")
     p = resolve_file(path, backend, options.pop("precision", "fp32"), device)
+    if options.get("tf32") and device != "cuda":
+        raise BackendError(
+            f"--tf32 needs --device cuda, got device {device!r} (TF32 is CUDA tensor-core math); "
+            "drop --tf32 or pass --device cuda", field="tf32",
+        )
+    if (backend, device) in DEVICE_ENGINES:
+        module, _, name = DEVICE_ENGINES[backend, device].partition(":")
+        cls = getattr(importlib.import_module(module), name)
     params = inspect.signature(cls).parameters
     if not any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values()):
         options = {k: v for k, v in options.items() if k in params}

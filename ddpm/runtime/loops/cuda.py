@@ -41,10 +41,10 @@ def available() -> bool:
     return torch.cuda.is_available()
 
 
-class CudaLoop:
+class TritonLoop:
     """Device-resident loop over an ORT engine opened on device 'cuda'."""
 
-    name = "cuda"
+    name = "triton"
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
