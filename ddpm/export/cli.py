@@ -28,11 +28,11 @@ from ddpm._cli import OneLineCommand, friendly_errors
 @click.option("--int8", is_flag=True,
               help="Also write model_int8.onnx (static QDQ int8 convs, calibrated on the training data; CPU).")
 @click.option("--with-step", is_flag=True,
-              help="Also write model_step.onnx: one whole sampler step (no Loop/If).")
+              help="Also write model_step.onnx: one whole sampler step for any sampler and step count (table and noise are inputs; no Loop/If), which ddpm-run --loop device runs.")
 @click.option("--step-sampler", type=click.Choice(["ddpm", "ddim"]), default="ddpm",
-              show_default=True, help="Sampler whose coefficient table --with-step embeds.")
+              show_default=True, help="Sampler whose table --with-step is validated on.")
 @click.option("--step-count", default=50, show_default=True, type=int,
-              help="Number of inference steps N of the --with-step table.")
+              help="Steps N of the table --with-step is validated on.")
 @click.option("--atol", default=1e-4, show_default=True, type=float,
               help="Max-abs difference allowed vs torch (fp32 graphs).")
 @click.option("--no-validate", is_flag=True, help="Skip the parity validation.")

@@ -217,10 +217,12 @@ def _variants(result: ExportResult, loaded, module, spec, tmp, vers, say, *, val
         if rep is not None:
             result.reports.append(rep)
     if "step" in tmp:
-        from ddpm.export.step_graph import export_step
+        from ddpm.export import step_graph_v2
 
-        rep = export_step(tmp["onnx"], tmp["step"], loaded, vers, sampler=step_sampler,
-                          num_steps=step_count, validate=validate, say=say)
+        # v2: table and noise are inputs, so one graph serves every sampler and step count;
+        # step_sampler/step_count pick the table it is validated on (with ddim at 7 steps).
+        rep = step_graph_v2.write(tmp["onnx"], tmp["step"], validate=validate, say=say,
+                                  samplers=((step_sampler, step_count), ("ddim", 7)))
         if rep is not None:
             result.reports.append(rep)
 
