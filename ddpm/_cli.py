@@ -49,8 +49,13 @@ OS_ERRORS: dict[int, tuple[int, str]] = {
 }
 
 
+#: Set by ``--debug`` for the command being run (reset by each OneLineCommand.main).
+_debug_flag = False
+
+
 def debug_enabled() -> bool:
-    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    env = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return _debug_flag or env
 
 
 def _one_line(text: str, limit: int = 500) -> str:
@@ -105,8 +110,8 @@ def friendly_errors(fn):
 
 
 def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    if value:
-        os.environ[DEBUG_ENV] = "1"
+    global _debug_flag
+    _debug_flag = _debug_flag or bool(value)
 
 
 def debug_option() -> click.Option:
@@ -129,6 +134,8 @@ class OneLineCommand(click.Command):
             self.params.append(debug_option())
 
     def main(self, *args, **kwargs):  # type: ignore[override]
+        global _debug_flag
+        _debug_flag = False
         kwargs["standalone_mode"] = False
         try:
             return super().main(*args, **kwargs)

@@ -14,8 +14,10 @@ backend load checkpoints and must not import the trainer.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -62,8 +64,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     Raises CheckpointError naming the file and the fix for a missing, truncated, foreign or
     unsafe file, a wrong format tag, a newer format version or an unknown arch.
     """
-    import torch  # heavy; keep `import ddpm.models.checkpoint` cheap for CLIs' --help
-
     p = Path(path)
     if not p.exists():
         raise CheckpointError(
@@ -73,7 +73,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint {str(p)!r} is a folder; pass the ckpt.pt file inside it"
         )
-    check_archive(p)
+    check_archive(p)  # before importing torch: a bomb is refused in milliseconds
+    import torch  # heavy; keep `import ddpm.models.checkpoint` cheap for CLIs' --help
+
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -262,9 +264,17 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
     except OSError as e:
         raise output_error(path, e, "checkpoint", KEPT) from None
     except RuntimeError as e:
-        # torch's zip writer reports a full disk as "PytorchStreamWriter failed writing file".
-        if "write" not in str(e).lower():
-            raise
-        raise output_error(path, OSError(28, f"write failed ({_first_line(e)})"),
+        # torch's C++ zip writer turns a failed write (full disk, I/O error) into a
+        # RuntimeError such as "PytorchStreamWriter failed writing file" or "unexpected pos";
+        # the dict holds only tensors and plain values, so a write is what failed.
+        code = errno.ENOSPC if _nearly_full(Path(path).parent) else errno.EIO
+        raise output_error(path, OSError(code, f"torch.save failed ({_first_line(e)})"),
                            "checkpoint", KEPT) from None
     return Path(path)
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 16 << 20
+    except OSError:
+        return False
