@@ -17,6 +17,7 @@ takes its compute threads from the process-wide :data:`ddpm.runtime.threads.BUDG
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -37,6 +38,15 @@ from ddpm.runtime.threads import BUDGET
 #: (lo, hi, key): samples [lo, hi) of a model batch run on the session ``key``
 #: ((threads, batch) of a fixed-batch CPU session, or None for the dynamic-batch one).
 Part = tuple[int, int, "tuple[int, int] | None"]
+
+
+def _rss_bytes() -> int | None:
+    """This process's resident memory (Linux /proc), None where unavailable."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class OrtEngine:
@@ -85,9 +95,11 @@ class OrtEngine:
         dim = self._session.get_inputs()[0].shape[0]
         self._batch_dim = dim if isinstance(dim, str) and dim else None
         self._split = device == "cpu" and self.threads > 1
-        weights = self.path.stat().st_size  # each session holds its own copy of the weights
+        self._weights = self.path.stat().st_size  # each session holds its own copy of the weights
+        self._measured: dict[tuple[int, int], int] = {}
         self.sessions = SessionCache(
-            self._open, lambda key: weights, max_sessions=max_sessions, max_bytes=max_session_bytes
+            self._build, lambda key: self._measured.pop(key, 2 * self._weights),
+            max_sessions=max_sessions, max_bytes=max_session_bytes,
         )
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
@@ -102,6 +114,22 @@ class OrtEngine:
             self.path, self.contract, num_threads=threads,
             fixed_dims={self._batch_dim: batch}, **self._session_kw,
         )
+
+    def _build(self, key: tuple[int, int]) -> Any:
+        """A fixed-batch session, run once on zeros so its arena has grown to a run's size;
+        the process's resident-memory growth meanwhile is its size for the byte budget
+        (concurrent builds inflate each other's figure: the budget errs on the safe side)."""
+        before = _rss_bytes()
+        sess = self._open(key)
+        b = key[1]
+        x = np.zeros((b, *self.contract.image_shape), np.float32)
+        zeros = np.zeros(b, np.int64)
+        with BUDGET.take(key[0]):
+            self._run1(sess, x, zeros, zeros if len(self._names) > 2 else None)
+        after = _rss_bytes()
+        if before is not None and after is not None:
+            self._measured[key] = max(after - before, self._weights)
+        return sess
 
     @property
     def session(self) -> Any:

@@ -29,8 +29,9 @@ from ddpm.errors import ConfigError
 #: Idle sessions kept per engine: enough for every batch size of a mixed workload of
 #: n 1..32 with guidance (chunks 1..32 on 1 thread, plus the one-image multi-thread session).
 DEFAULT_MAX_SESSIONS = 40
-#: Estimated bytes all of an engine's sessions may hold (weights + arena), see ``entry_bytes``.
-DEFAULT_MAX_BYTES = 2 << 30
+#: Bytes all of an engine's idle sessions may hold (weights + arena, as ``entry_bytes``
+#: reports them; the ORT engine measures each session's resident-memory growth).
+DEFAULT_MAX_BYTES = 512 << 20
 
 
 @dataclass
