@@ -133,7 +133,9 @@ class Trainer:
 
         cfg, out = self.cfg, Path(self.cfg.out)
         self.raw_model.train()
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.dist.is_main,
+        # None: no bar when stderr is not a terminal, so a log or a failing run's stderr
+        # holds only the outcome (the one error: line), not thousands of bar updates.
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=None if self.dist.is_main else True,
                    unit="step", dynamic_ncols=True, desc=f"train {cfg.arch}")
         try:
             while self.step < cfg.steps:
