@@ -21,16 +21,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ddpm.errors import ConfigError
 
-BETA_SCHEDULES = ("linear", "cosine", "scaled_linear")
+BETA_SCHEDULES = ("linear", "cosine", "scaled_linear", "sigmoid")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_large")
 SPACINGS = ("leading", "trailing", "linspace")
+#: Where DDIM steps from timestep t: the next timestep the chain visits (ours), or
+#: t - T//N (diffusers' DDIMScheduler). They differ only for linspace spacing and for
+#: trailing spacing with T not divisible by N.
+PREV_TIMESTEPS = ("next_visited", "t_minus_ratio")
 SAMPLERS = ("ddpm", "ddim")
 
 #: Column order of :meth:`StepTable.as_array`; kernels and ONNX graphs index by position.
@@ -57,6 +62,19 @@ class ScheduleConfig:
     variance_type: str = "fixed_small"
     clip_sample: bool = True
     clip_sample_range: float = 1.0
+    # Sampling conventions, named as in diffusers' DDPM/DDIM schedulers. The defaults are this
+    # toolkit's own (and what artifacts without these keys mean); an imported diffusers
+    # scheduler config sets them so its model samples as it does in diffusers.
+    timestep_spacing: str = "leading"  # the model's default; step_table(spacing=) overrides
+    steps_offset: int = 0  # added to "leading" timesteps, as diffusers does
+    set_alpha_to_one: bool = True  # DDIM's ᾱ after the last step: 1, else ᾱ_0
+    ddim_prev_timestep: str = "next_visited"  # see PREV_TIMESTEPS
+    clipped_eps: bool = True  # DDIM direction from the clipped x̂0's ε (use_clipped_model_output)
+    thresholding: bool = False  # Imagen dynamic thresholding of x̂0 instead of clipping
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
+    rescale_betas_zero_snr: bool = False  # Lin et al. 2023, Algorithm 1
+    trained_betas: tuple[float, ...] | None = None  # explicit β_1..β_T; beta_schedule unused
 
     def __post_init__(self) -> None:
         if int(self.num_train_timesteps) < 1:
@@ -66,8 +84,28 @@ class ScheduleConfig:
         _check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
         _check_choice("prediction_type", self.prediction_type, PREDICTION_TYPES)
         _check_choice("variance_type", self.variance_type, VARIANCE_TYPES)
+        _check_choice("timestep_spacing", self.timestep_spacing, SPACINGS)
+        _check_choice("ddim_prev_timestep", self.ddim_prev_timestep, PREV_TIMESTEPS)
         if self.clip_sample_range <= 0:
             raise ConfigError(f"clip_sample_range must be > 0, got {self.clip_sample_range}")
+        if isinstance(self.steps_offset, bool) or int(self.steps_offset) != self.steps_offset \
+                or self.steps_offset < 0:
+            raise ConfigError(f"steps_offset must be an integer >= 0, got {self.steps_offset!r}")
+        if not 0 < self.dynamic_thresholding_ratio <= 1:
+            raise ConfigError(
+                f"dynamic_thresholding_ratio must be in (0, 1], got {self.dynamic_thresholding_ratio}"
+            )
+        if self.sample_max_value <= 0:
+            raise ConfigError(f"sample_max_value must be > 0, got {self.sample_max_value}")
+        if self.trained_betas is not None:
+            tb = tuple(float(b) for b in self.trained_betas)
+            object.__setattr__(self, "trained_betas", tb)  # JSON lists become hashable tuples
+            if len(tb) != int(self.num_train_timesteps) or not all(0 < b <= 1 for b in tb):
+                raise ConfigError(
+                    f"trained_betas must be {self.num_train_timesteps} values in (0, 1] (one per "
+                    f"training timestep), got {len(tb)} values in [{min(tb, default=0):g}, "
+                    f"{max(tb, default=0):g}]; fix the scheduler config"
+                )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -83,10 +121,15 @@ class ScheduleConfig:
         return cls(**d)
 
     def betas(self) -> np.ndarray:
-        """β_1..β_T as float64, shape (T,)."""
-        return make_betas(
-            self.beta_schedule, self.num_train_timesteps, self.beta_start, self.beta_end
-        )
+        """β_1..β_T as float64, shape (T,): trained_betas or the named schedule, then the
+        zero-terminal-SNR rescale if asked for (the order diffusers applies them in)."""
+        if self.trained_betas is not None:
+            betas = np.asarray(self.trained_betas, dtype=np.float64)
+        else:
+            betas = make_betas(
+                self.beta_schedule, self.num_train_timesteps, self.beta_start, self.beta_end
+            )
+        return rescale_zero_terminal_snr(betas) if self.rescale_betas_zero_snr else betas
 
     def alphas_cumprod(self) -> np.ndarray:
         """ᾱ_t = Π_{s<=t} (1 - β_s), float64, shape (T,)."""
@@ -100,13 +143,17 @@ class ScheduleConfig:
 def make_betas(
     schedule: str, num_train_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02
 ) -> np.ndarray:
-    """β schedule in float64. ``linear`` (DDPM), ``scaled_linear`` (LDM), ``cosine`` (iDDPM)."""
+    """β schedule in float64. ``linear`` (DDPM), ``scaled_linear`` (LDM), ``cosine`` (iDDPM),
+    ``sigmoid`` (diffusers' GeoDiff schedule: sigmoid over [-6, 6] scaled to [start, end])."""
     _check_choice("beta_schedule", schedule, BETA_SCHEDULES)
     T = int(num_train_timesteps)
     if schedule == "linear":
         return np.linspace(beta_start, beta_end, T, dtype=np.float64)
     if schedule == "scaled_linear":
         return np.linspace(beta_start**0.5, beta_end**0.5, T, dtype=np.float64) ** 2
+    if schedule == "sigmoid":
+        s = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, 6.0, T, dtype=np.float64)))
+        return s * (beta_end - beta_start) + beta_start
     # Cosine (Nichol & Dhariwal eq. 17), s = 0.008, β clipped at 0.999.
     def alpha_bar(t: np.ndarray) -> np.ndarray:
         return np.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
@@ -114,6 +161,15 @@ def make_betas(
     i = np.arange(T, dtype=np.float64)
     betas = 1.0 - alpha_bar((i + 1) / T) / alpha_bar(i / T)
     return np.minimum(betas, 0.999)
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """β rescaled so ᾱ_T = 0 (zero terminal SNR) with ᾱ_1 kept (Lin et al. 2023, Alg. 1)."""
+    sqrt_ac = np.sqrt(np.cumprod(1.0 - np.asarray(betas, dtype=np.float64)))
+    first, last = sqrt_ac[0], sqrt_ac[-1]
+    sqrt_ac = (sqrt_ac - last) * first / (first - last)
+    ac = sqrt_ac**2
+    return 1.0 - np.concatenate([ac[:1], ac[1:] / ac[:-1]])
 
 
 def q_sample_coefficients(config: ScheduleConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -135,11 +191,13 @@ def training_target(
 
 
 def inference_timesteps(
-    num_train_timesteps: int, num_inference_steps: int, spacing: str = "leading"
+    num_train_timesteps: int, num_inference_steps: int, spacing: str = "leading",
+    steps_offset: int = 0,
 ) -> np.ndarray:
     """The model timesteps visited by an N-step sampler, descending, int64 (N,).
 
-    Same conventions as diffusers' ``set_timesteps`` (``steps_offset`` = 0).
+    Same conventions as diffusers' ``set_timesteps``, which adds ``steps_offset`` to
+    "leading" timesteps only.
     """
     _check_choice("timestep spacing", spacing, SPACINGS)
     T, N = int(num_train_timesteps), int(num_inference_steps)
@@ -151,9 +209,14 @@ def inference_timesteps(
     if spacing == "linspace":
         ts = np.linspace(0, T - 1, N).round()[::-1]
     elif spacing == "leading":
-        ts = (np.arange(0, N) * (T // N)).round()[::-1]
+        ts = (np.arange(0, N) * (T // N)).round()[::-1] + int(steps_offset)
     else:  # trailing
         ts = np.round(np.arange(T, 0, -T / N)) - 1
+    if ts[0] >= T:
+        raise ConfigError(
+            f"steps_offset={steps_offset} with {N} leading steps visits timestep {int(ts[0])}, "
+            f"beyond the training T={T}; pass fewer --steps"
+        )
     return np.ascontiguousarray(ts).astype(np.int64)
 
 
@@ -176,9 +239,20 @@ class StepTable:
     sigma: np.ndarray
     clip_sample: bool
     clip_sample_range: float
+    # Dynamic thresholding replaces clipping when on (see dynamic_threshold).
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
 
     def __len__(self) -> int:
         return len(self.timesteps)
+
+    def requires_host_step(self) -> bool:
+        """True when :func:`step` does more than the linear table form (a per-sample
+        quantile for dynamic thresholding): a backend that runs only the linear update (the
+        ONNX step graph, the fused kernel) must refuse such a table."""
+        return bool(self.thresholding)
+
 
     def as_array(self, dtype=np.float32) -> np.ndarray:
         """Coefficients as one (N, 6) array in :data:`TABLE_COLUMNS` order, cast once."""
@@ -214,29 +288,65 @@ def _eps_coefficients(prediction_type: str, ac: np.ndarray) -> tuple[np.ndarray,
     return np.sqrt(1.0 - ac), np.sqrt(ac)  # v_prediction
 
 
+def _chain(
+    config: ScheduleConfig, n: int, sampler: str, spacing: str | None,
+    timesteps: Sequence[int] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(visited timesteps, ᾱ of the step each one goes to, ᾱ of all T timesteps)."""
+    T = config.num_train_timesteps
+    if timesteps is not None:
+        ts = np.asarray(timesteps, dtype=np.int64).reshape(-1)
+        if len(ts) != int(n) or not (np.diff(ts) < 0).all() or ts[-1] < 0 or ts[0] >= T:
+            raise ConfigError(
+                f"custom timesteps {ts.tolist()} must be {n} strictly descending values in "
+                f"0..{T - 1}; pass a list like [999, 500, 0]"
+            )
+    else:
+        sp = config.timestep_spacing if spacing is None else spacing
+        ts = inference_timesteps(T, n, sp, config.steps_offset)
+    ac_all = config.alphas_cumprod()
+    if sampler == "ddim" and timesteps is None and config.ddim_prev_timestep == "t_minus_ratio":
+        prev = ts - T // int(n)  # diffusers' DDIMScheduler
+    else:
+        prev = np.concatenate([ts[1:], [-1]])
+    # Past the last step the chain lands on x_0: ᾱ_prev = 1, except for DDIM with
+    # set_alpha_to_one=False, which (as diffusers does) uses ᾱ_0 there.
+    final = ac_all[0] if sampler == "ddim" and not config.set_alpha_to_one else 1.0
+    ac_prev = np.where(prev >= 0, ac_all[np.maximum(prev, 0)], final)
+    return ts, ac_prev, ac_all
+
+
 def step_table(
     config: ScheduleConfig,
     num_inference_steps: int,
     *,
     sampler: str = "ddpm",
-    spacing: str = "leading",
+    spacing: str | None = None,
     eta: float = 0.0,
-    clipped_eps: bool = True,
+    clipped_eps: bool | None = None,
+    timesteps: Sequence[int] | None = None,
 ) -> StepTable:
     """Coefficient table for ``sampler`` ("ddpm" ancestral or "ddim" with η) on N steps.
 
-    ``clipped_eps`` (DDIM only): build the direction term from ε̂ re-derived from the clipped
-    x̂0 (the default, correct under guidance) or from the raw output (diffusers' default,
-    ``use_clipped_model_output=False``). Without clipping the two are the same update.
+    Every convention comes from ``config`` (so a runtime that passes only the config, N,
+    sampler and η samples as the model's source does); keyword arguments override it:
+    ``spacing`` the timestep spacing; ``clipped_eps`` (DDIM only) builds the direction term
+    from ε̂ re-derived from the clipped x̂0 (True, correct under guidance) or from the raw
+    output (False: diffusers' default ``use_clipped_model_output=False``); without clipping
+    the two are the same update. ``timesteps`` is an explicit descending list of N model
+    timesteps (diffusers' ``set_timesteps(timesteps=...)``), each step going to the next.
     """
     _check_choice("sampler", sampler, SAMPLERS)
     if eta < 0:
         raise ConfigError(f"eta must be >= 0, got {eta}")
-    ts = inference_timesteps(config.num_train_timesteps, num_inference_steps, spacing)
-    ac_all = config.alphas_cumprod()
+    clipped_eps = config.clipped_eps if clipped_eps is None else bool(clipped_eps)
+    ts, ac_prev, ac_all = _chain(config, num_inference_steps, sampler, spacing, timesteps)
     ac = ac_all[ts]
-    # The step after the last one lands on x_0: ᾱ_prev = 1 (diffusers' set_alpha_to_one).
-    ac_prev = np.concatenate([ac_all[ts[1:]], [1.0]])
+    if config.prediction_type == "epsilon" and (ac == 0).any():
+        raise ConfigError(
+            f"timestep {int(ts[ac == 0][0])} has ᾱ = 0 (zero terminal SNR), where an epsilon "
+            "model's x̂0 is undefined; use leading spacing, or a v_prediction/sample model"
+        )
     x0_xt, x0_out = _x0_coefficients(config.prediction_type, ac)
     zeros = np.zeros_like(ac)
 
@@ -285,7 +395,20 @@ def step_table(
         sigma=sigma,
         clip_sample=bool(config.clip_sample),
         clip_sample_range=float(config.clip_sample_range),
+        thresholding=bool(config.thresholding),
+        dynamic_thresholding_ratio=float(config.dynamic_thresholding_ratio),
+        sample_max_value=float(config.sample_max_value),
     )
+
+
+def dynamic_threshold(x0: np.ndarray, ratio: float, max_value: float) -> np.ndarray:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, §2.3), per sample: s = the
+    ``ratio`` quantile of |x̂0| over C·H·W, clamped to [1, max_value]; x̂0 → clip(x̂0, ±s) / s.
+    Linear interpolation between order statistics, as torch.quantile (diffusers) uses."""
+    flat = x0.reshape(x0.shape[0] if x0.ndim > 1 else 1, -1)
+    s = np.quantile(np.abs(flat), ratio, axis=1, keepdims=True)
+    s = np.minimum(np.maximum(s, 1.0), max_value)  # torch.clamp(min=1, max=v) order
+    return (np.clip(flat, -s, s) / s).reshape(x0.shape)
 
 
 def step(
@@ -313,8 +436,10 @@ def step(
     out = model_output.astype(np.float64)
     # 1. predicted x_0 (DDPM eq. 15 / its sample and v analogues)
     x0 = r["x0_xt"] * xt + r["x0_out"] * out
-    # 2. optional clipping of x̂0
-    if table.clip_sample:
+    # 2. optional dynamic thresholding (takes precedence, as in diffusers) or clipping of x̂0
+    if table.thresholding:
+        x0 = dynamic_threshold(x0, table.dynamic_thresholding_ratio, table.sample_max_value)
+    elif table.clip_sample:
         x0 = np.clip(x0, -table.clip_sample_range, table.clip_sample_range)
     # 3. posterior mean (DDPM eq. 7) or DDIM direction (DDIM eq. 12)
     prev = r["c_x0"] * x0 + r["c_xt"] * xt + r["c_out"] * out
