@@ -79,8 +79,9 @@ def test_strip_has_labels_and_k_samples():
     assert five.shape[0] - two.shape[0] == 3 * 2 * (8 + 2) * 2  # 3 more samples, 2 rows each
     assert five.shape[1] == two.shape[1]
     assert two.max() == 255  # labels drawn (tiles are all black)
-    size = 2
-    top, left = 7 * size, 4 * size * len("0 xt") + size
+    # the tiles (5 strip columns + the final image, 4 rows, 8 px + 2 px pad, x2) sit bottom-right
+    top, left = two.shape[0] - (4 * 10 + 2) * 2, two.shape[1] - (6 * 10 + 2) * 2
+    assert top >= 5 and left >= 5
     assert two[:top].max() == 255 and two[top:, :left].max() == 255  # header row, row labels
     assert two[top:, left:].max() == 0  # labels stay out of the tiles
     assert text_mask("t=400").shape == (5, 19)
