@@ -156,10 +156,18 @@ def test_repo_server_shuts_down_cleanly(repo_server):
         os.kill(pid, 0)
 
 
-def test_ddpm_serve_end_to_end(local, tmp_path):
-    """ddpm-serve: ready, same images, errors, and exit 0 on SIGTERM."""
+@pytest.mark.parametrize("source", ["--model", "--repository"])
+def test_ddpm_serve_end_to_end(local, tmp_path, source):
+    """ddpm-serve on a model file or an exported repository: ready, same images, errors, and
+    exit 0 on SIGTERM."""
+    from ddpm.export.triton_repo import write_triton_repo
+
+    target = MODEL
+    if source == "--repository":
+        target = tmp_path / "repo"
+        write_triton_repo(MODEL, read(MODEL), target)
     http_port, grpc_port = free_port(HOST), free_port(HOST)
-    cmd = [sys.executable, "-m", "ddpm.serve.server", "--model", str(MODEL),
+    cmd = [sys.executable, "-m", "ddpm.serve.server", source, str(target),
            "--port", str(http_port), "--grpc-port", str(grpc_port), "--host", HOST]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

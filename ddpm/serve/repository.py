@@ -59,8 +59,9 @@ def sampler_config_pbtxt(
     """Text-format ModelConfig of the sampler model.
 
     ``kind`` KIND_CPU / KIND_GPU picks the ORT device of each instance; ``workers`` is each
-    instance's thread pool (default: the CPU count Triton's host reports); ``num_threads`` the
-    ORT intra-op threads per request (1: many requests in parallel beat one wide request).
+    instance's thread pool (default ``max_rows``: a whole dynamic batch at once);
+    ``num_threads`` the ORT intra-op threads per request (1: many requests in parallel beat
+    one wide request on a CPU).
     """
     c, h, w = contract.image_shape
     ins = []

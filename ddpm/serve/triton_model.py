@@ -2,7 +2,7 @@
 
 Each instance (one stub process per ``instance_group`` entry) opens one
 :class:`ddpm.runtime.Sampler` on ONNX Runtime -- CPU for KIND_CPU, CUDA for KIND_GPU -- and a
-thread pool. ``execute`` receives the dynamic batch Triton gathered (a list of requests), runs
+thread pool (``workers``; default ``max_batch_size``). ``execute`` receives the dynamic batch Triton gathered (a list of requests), runs
 every request on the pool at once and answers each one separately: a bad request gets a
 ``TritonError`` carrying our one-line message while the others in the same batch still get
 their images, and the instance never dies for a client's mistake.
@@ -49,7 +49,8 @@ class TritonPythonModel:
         from ddpm.serve.launch import check_numpy
 
         check_numpy()  # a server started without ddpm.serve.launch gets the same clear error
-        params = _params(json.loads(args["model_config"]))
+        config = json.loads(args["model_config"])
+        params = _params(config)
         version_dir = Path(args["model_repository"]) / args["model_version"]
         model = Path(params.get("model_path") or "model.onnx")
         if not model.is_absolute():
@@ -63,7 +64,10 @@ class TritonPythonModel:
         sampler = Sampler.from_path(model, "ort", device, num_threads=threads)
         max_images = int(params.get("max_images") or DEFAULT_MAX_IMAGES)
         self.runner = RequestRunner(sampler, max_images=max_images)
-        workers = int(params.get("workers") or _cpu_count())
+        # Default: one worker per request Triton may hand over at once, so every request of a
+        # dynamic batch starts now, as concurrent callers of a local Sampler would; fewer
+        # workers than that lose CPU share to other processes on a busy machine (measured).
+        workers = int(params.get("workers") or config.get("max_batch_size") or _cpu_count())
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ddpm_sampler")
 
     def execute(self, requests: list[Any]) -> list[Any]:
