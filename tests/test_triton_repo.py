@@ -117,6 +117,8 @@ def test_rows_must_match_and_shapes_are_checked():
 class _FakeUtils(types.ModuleType):
     """The parts of triton_python_backend_utils that TritonPythonModel uses."""
 
+    FINAL = TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+
     class Tensor:
         def __init__(self, name, array):
             self.name, self.array = name, array
@@ -146,6 +148,14 @@ class _FakeUtils(types.ModuleType):
         return _FakeUtils.Tensor(name, request[name]) if name in request else None
 
 
+class _Request(dict):
+    """A request's input tensors plus the response sender the model answers through."""
+
+    def get_response_sender(self):
+        self.sent = []
+        return types.SimpleNamespace(send=lambda response, flags: self.sent.append((response, flags)))
+
+
 def test_execute_answers_each_request_of_a_batch_on_its_own(repo, sampler, monkeypatch):
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _FakeUtils("pb"))
     # numpy 2 breaks only the real stub's tensors (test_serve.py); the stand-in has none
@@ -157,15 +167,18 @@ def test_execute_answers_each_request_of_a_batch_on_its_own(repo, sampler, monke
     model = TritonPythonModel()
     model.initialize({"model_config": json.dumps(cfg), "model_repository": str(repo / "ddpm_sampler"),
                       "model_version": "1", "model_instance_kind": "CPU"})
+    good = _req(seed=3, num_images=2, steps=2)
+    batch = [_Request(good), _Request(_req(seed=3, num_images=1, steps=5000)), _Request(good)]
     try:
-        good, bad = _req(seed=3, num_images=2, steps=2), _req(seed=3, num_images=1, steps=5000)
-        ok1, err, ok2 = model.execute([good, bad, good])
-        want = sampler.sample(2, steps=2, seed=3).images
-        for ok in (ok1, ok2):
-            assert ok.error is None and np.array_equal(ok.output_tensors[0].array[0], want)
-        assert err.output_tensors == [] and err.error.msg.startswith("steps") and "1..1000" in err.error.msg
+        assert model.execute(batch) is None  # answers arrive through the senders
     finally:
-        model.finalize()
+        model.finalize()  # waits for the pool
+    want = sampler.sample(2, steps=2, seed=3).images
+    (ok1, f1), (err, f2), (ok2, f3) = (r.sent[0] for r in batch)
+    assert all(len(r.sent) == 1 for r in batch) and f1 == f2 == f3 == _FakeUtils.FINAL
+    for ok in (ok1, ok2):
+        assert ok.error is None and np.array_equal(ok.output_tensors[0].array[0], want)
+    assert err.output_tensors == [] and err.error.msg.startswith("steps") and "1..1000" in err.error.msg
 
 
 def test_ddpm_export_triton_repo_writes_the_sampler_model(make_checkpoint, tmp_path):

@@ -2,10 +2,11 @@
 
 Each instance (one stub process per ``instance_group`` entry) opens one
 :class:`ddpm.runtime.Sampler` on ONNX Runtime -- CPU for KIND_CPU, CUDA for KIND_GPU -- and a
-thread pool (``workers``; default ``max_batch_size``). ``execute`` receives the dynamic batch Triton gathered (a list of requests), runs
-every request on the pool at once and answers each one separately: a bad request gets a
-``TritonError`` carrying our one-line message while the others in the same batch still get
-their images, and the instance never dies for a client's mistake.
+thread pool (``workers``; default ``max_batch_size``). ``execute`` receives the dynamic batch
+Triton gathered (a list of requests), starts every request on the pool and returns; each
+request is answered through its own response sender as soon as its images are ready. A bad
+request gets a ``TritonError`` carrying our one-line message while the others in the same
+batch still get their images, and the instance never dies for a client's mistake.
 
 Why requests are run side by side rather than fused into one network call: every request has
 its own seed, and the runtime's noise is keyed by (seed, step, sample index) inside one
@@ -20,11 +21,14 @@ want several jobs per round trip.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ddpm.errors import DDPMError
 from ddpm.serve.requests import DEFAULT_MAX_IMAGES, INPUTS, OUTPUT, RequestRunner, error_message
@@ -39,6 +43,20 @@ def _cpu_count() -> int:
 
 def _params(model_config: dict[str, Any]) -> dict[str, str]:
     return {k: v.get("string_value", "") for k, v in model_config.get("parameters", {}).items()}
+
+
+def _send(pb_utils: Any, sender: Any, fut: Future) -> None:
+    """Answer one request: its images, or a TritonError with our one-line message."""
+    try:
+        response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(OUTPUT, fut.result())])
+    except Exception as e:  # a client error or a bug: answer this request, keep serving
+        msg = error_message(e)
+        if isinstance(e, DDPMError):
+            pb_utils.Logger.log_info(f"ddpm_sampler rejected a request: {msg}")
+        else:
+            pb_utils.Logger.log_error(msg)
+        response = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(msg))
+    sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
 
 class TritonPythonModel:
@@ -70,32 +88,26 @@ class TritonPythonModel:
         workers = int(params.get("workers") or config.get("max_batch_size") or _cpu_count())
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ddpm_sampler")
 
-    def execute(self, requests: list[Any]) -> list[Any]:
+    def execute(self, requests: list[Any]) -> None:
+        """Start every request of the batch on the pool and return at once.
+
+        Each request is answered through its response sender when its images are ready, so
+        the instance takes the next dynamic batch without waiting for the slowest request of
+        this one (returning responses from ``execute`` would hold every request of a batch
+        until all of them finish).
+        """
         import triton_python_backend_utils as pb_utils
 
-        def inputs(request: Any) -> dict[str, Any]:
+        for request in requests:
             found = {}
             for f in INPUTS:
                 t = pb_utils.get_input_tensor_by_name(request, f.name)
                 if t is not None:
-                    found[f.name] = t.as_numpy()
-            return found
-
-        futures = [self.pool.submit(self.runner.run, inputs(r)) for r in requests]
-        responses = []
-        for fut in futures:
-            try:
-                out = [pb_utils.Tensor(OUTPUT, fut.result())]
-                responses.append(pb_utils.InferenceResponse(output_tensors=out))
-            except Exception as e:  # a client error or a bug: answer this request, keep serving
-                msg = error_message(e)
-                if isinstance(e, DDPMError):
-                    pb_utils.Logger.log_info(f"ddpm_sampler rejected a request: {msg}")
-                else:
-                    pb_utils.Logger.log_error(msg)
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(msg)))
-        return responses
+                    found[f.name] = np.array(t.as_numpy(), copy=True)  # outlives the request
+            sender = request.get_response_sender()
+            fut = self.pool.submit(self.runner.run, found)
+            fut.add_done_callback(functools.partial(_send, pb_utils, sender))
+        return None
 
     def finalize(self) -> None:
         self.pool.shutdown(wait=True)
