@@ -418,3 +418,47 @@ def test_ddpm_train_without_torch_names_the_train_extra(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert_one_line_error(proc, codes=(2,), contains='pip install "ddpm-toolkit[train]"')
     assert not (tmp_path / "run").exists()
+
+
+def test_ddpm_export_on_a_full_disk_is_one_line_and_leaves_nothing(good_ckpt, full_disk):
+    (full_disk / "filler").write_bytes(b"\0" * ((1 << 20) - 8192))  # ~8 KiB left
+    proc = run_cli("ddpm-export", str(good_ckpt), "--out", str(full_disk), "--no-validate")
+    assert_one_line_error(proc, codes=(1,), contains="No space left on device")
+    assert [p.name for p in full_disk.iterdir()] == ["filler"]
+
+
+def test_ddpm_export_with_a_folder_in_the_way_writes_nothing(good_ckpt, tmp_path):
+    from ddpm.export.core import export_checkpoint
+
+    (tmp_path / "model.onnx").mkdir()
+    with pytest.raises(OutputError, match="a folder is in the way"):
+        export_checkpoint(good_ckpt, tmp_path, validate=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no model.ts either
+
+
+def test_value_range_0_0_in_a_contract_is_refused():
+    from ddpm.artifact import Contract
+    from ddpm.errors import ArtifactError
+
+    d = artifact_dict()
+    for bad in ([0.0, 0.0], [1.0, -1.0], [float("nan"), 1.0], ["-1", 1]):
+        with pytest.raises(ArtifactError, match="value_range"):
+            Contract.from_dict({**d, "value_range": bad}, source="m.onnx")
+
+
+def artifact_dict() -> dict:
+    from ddpm import artifact
+
+    return artifact.read(Path(artifact.__file__).parent / "assets" / "digits.onnx").to_dict()
+
+
+def test_nan_checkpoint_on_the_torch_backend_is_refused_at_load(good_ckpt, tmp_path):
+    from ddpm.runtime.sampler import Sampler
+
+    def poison(c):
+        c["ema"] = {k: v.clone() for k, v in c["ema"].items()}
+        next(iter(c["ema"].values())).view(-1)[0] = float("nan")
+
+    path = _resave(good_ckpt, tmp_path / "ckpt.pt", poison)
+    with pytest.raises(CheckpointError, match="NaN/Inf"):
+        Sampler.from_path(path, "torch", "cpu")

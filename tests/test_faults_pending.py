@@ -1,0 +1,228 @@
+"""Fault tests for defects whose fix lives in ``ddpm/runtime/``, ``ddpm/export/`` or
+``ddpm/bench_cli.py`` (issue 13 items 3, 5, 6, 7, 10, 11, 12, 14 and the shared CLI class).
+
+Each test states the required behaviour and is marked ``xfail(strict=True)`` with the issue
+item and the file that must change: the day the fix lands, the test passes, strict xfail
+turns that into a failure, and whoever lands the fix removes the marker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddpm import artifact
+from ddpm.errors import ArtifactError, ConfigError, DDPMError, NonFiniteError
+
+ASSET = Path(artifact.__file__).parent / "assets" / "digits.onnx"
+BIN = Path(sys.executable).parent
+
+
+def pending(item: str, where: str):
+    return pytest.mark.xfail(strict=True, reason=f"issue 13 item {item}: fix in {where}")
+
+
+def _onnx_with(tmp_path: Path, *, contract_changes=None, graph_change=None) -> Path:
+    """The bundled digits model with its contract metadata and/or graph edited."""
+    import onnx
+
+    model = onnx.load(str(ASSET))
+    if contract_changes:
+        for prop in model.metadata_props:
+            if prop.key == artifact.CONTRACT_KEY:
+                d = json.loads(prop.value)
+                d.update(contract_changes)
+                prop.value = json.dumps(d)
+    if graph_change:
+        graph_change(model)
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _open(path: Path, backend: str = "ort"):
+    from ddpm.runtime.sampler import Sampler
+
+    return Sampler.from_path(path, backend, "cpu", num_threads=1)
+
+
+@pending("3", "ddpm/runtime/engines/ort.py (check the contract against the graph at load)")
+@pytest.mark.parametrize("case", ["image size", "int32 timestep", "output name"])
+def test_onnx_contract_that_contradicts_the_graph_fails_at_load(tmp_path, case):
+    import onnx
+
+    def retype(name: str, elem: int):
+        def change(model):
+            for i in model.graph.input:
+                if i.name == name:
+                    i.type.tensor_type.elem_type = elem
+        return change
+
+    if case == "image size":
+        path = _onnx_with(tmp_path, contract_changes={"image_height": 32, "image_width": 32})
+    elif case == "int32 timestep":
+        path = _onnx_with(tmp_path, graph_change=retype("timestep", onnx.TensorProto.INT32))
+    else:
+        outputs = [{**o, "name": "not_in_the_graph"} for o in artifact.read(ASSET).to_dict()[
+            "outputs"]]
+        path = _onnx_with(tmp_path, contract_changes={"outputs": outputs})
+    with pytest.raises(ArtifactError, match="graph"):
+        _open(path)
+
+
+@pending("5", "ddpm/runtime/loops/host.py (check model output for NaN/Inf per batch)")
+def test_nan_initializer_in_the_onnx_graph_is_an_error_not_garbage_images(tmp_path):
+    from onnx import numpy_helper
+
+    def poison(model):
+        init = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+        arr = numpy_helper.to_array(init).copy()
+        arr.reshape(-1)[0] = np.nan
+        init.CopyFrom(numpy_helper.from_array(arr, init.name))
+
+    s = _open(_onnx_with(tmp_path, graph_change=poison))
+    with pytest.raises(NonFiniteError):
+        s.run(s.plan(2, steps=2, labels=1))
+
+
+@pending("5", "ddpm/runtime/plan.py (eta must be finite and in [0, 1])")
+@pytest.mark.parametrize("eta", [float("inf"), 1e300, 2.0])
+def test_ddim_eta_outside_0_1_is_refused(eta):
+    s = _open(ASSET)
+    with pytest.raises(ConfigError, match="eta"):
+        s.plan(2, steps=2, sampler="ddim", eta=eta)
+
+
+@pending("6", "ddpm/runtime/engines/torchscript.py (contract image size vs the traced graph)")
+def test_torchscript_whose_contract_lies_about_the_image_size_fails_at_load(tmp_path):
+    import torch
+
+    from ddpm.models.registry import build
+
+    model = build("basic", channels=(8, 8), kernel_size=3, image_size=16).eval()
+    ts = torch.jit.trace(model, (torch.zeros(1, 1, 16, 16), torch.zeros(1, dtype=torch.long)))
+    d = artifact.read(ASSET).to_dict()
+    d.update(arch="basic", model_config={"channels": [8, 8], "kernel_size": 3},
+             image_height=64, image_width=64, num_classes=0, null_label=None,
+             inputs=[s for s in d["inputs"] if s["name"] != "class_labels"])
+    artifact.Contract.from_dict(d)  # the contract itself is self-consistent
+    path = tmp_path / "model.ts"
+    torch.jit.save(ts, str(path), _extra_files={artifact.TS_EXTRA_FILE: json.dumps(d)})
+    with pytest.raises(ArtifactError, match="16"):
+        _open(path, "torchscript")
+
+
+@pending("10", "ddpm/runtime/engines/ort.py or runtime/threads.py (bound --threads)")
+@pytest.mark.parametrize("threads", [0, -1])
+def test_threads_below_one_are_refused(threads):
+    from ddpm.runtime.sampler import Sampler
+
+    with pytest.raises(ConfigError, match="threads"):
+        Sampler.from_path(ASSET, "ort", "cpu", num_threads=threads)
+
+
+@pending("10", "ddpm/runtime/engines/ort.py or runtime/threads.py (upper bound via ddpm.limits)")
+def test_threads_100000_is_one_line_exit_2_not_a_segfault_or_a_hang(tmp_path):
+    try:  # refused up front, it takes a second; today it hangs (or segfaults)
+        proc = subprocess.run([str(BIN / "ddpm-run"), "--threads", "100000", "-n", "1",
+                               "--steps", "1", "--out", str(tmp_path / "s.png"),
+                               "--no-progress"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("ddpm-run --threads 100000 still running after 15 s")
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-300:])
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+
+
+@pending("11", "ddpm/export/core.py (atol must be finite and > 0)")
+def test_export_atol_nan_is_refused_before_loading(tmp_path):
+    from ddpm.export.core import export_checkpoint
+
+    with pytest.raises(ConfigError, match="atol"):
+        export_checkpoint(tmp_path / "missing.pt", tmp_path, atol=float("nan"))
+
+
+@pending("12", "ddpm/export/core.py (--step-count checked up front, named as the flag)")
+def test_export_step_count_0_is_refused_up_front_naming_the_flag(tmp_path):
+    from ddpm.export.core import export_checkpoint
+
+    with pytest.raises(ConfigError, match="--step-count"):
+        export_checkpoint(tmp_path / "missing.pt", tmp_path, with_step=True, step_count=0)
+
+
+@pending("14", "ddpm/runtime/engines/ort.py (a ckpt.pt is not a TorchScript archive)")
+def test_checkpoint_given_to_the_ort_backend_names_the_right_backend(tmp_path):
+    from conftest import write_checkpoint
+
+    ckpt = write_checkpoint(tmp_path / "ckpt.pt", "basic")
+    with pytest.raises(DDPMError) as e:
+        _open(ckpt, "ort")
+    message = str(e.value)
+    assert "TorchScript" not in message
+    assert "--backend torch" in message and "ddpm-export" in message
+
+
+@pending("7", "ddpm/runtime/cli.py (commit --out and --npz together with ddpm._io.atomic_files)")
+def test_ddpm_run_never_leaves_a_grid_without_its_npz(tmp_path, monkeypatch):
+    import errno
+
+    from click.testing import CliRunner
+
+    from ddpm import _io
+    from ddpm.runtime.cli import main
+
+    def fail_npz(event, final):
+        if final.suffix == ".npz":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final))
+
+    monkeypatch.setattr(_io, "fault_hook", fail_npz)
+    out = tmp_path / "s.png"
+    result = CliRunner().invoke(main, ["-n", "1", "--steps", "1", "--out", str(out),
+                                       "--npz", str(tmp_path / "s.npz"), "--no-progress"])
+    assert result.exit_code == 1 and not out.exists(), result.output
+
+
+@pending("7", "ddpm/export/core.py (stage every file with ddpm._io.atomic_files)")
+def test_export_whose_second_file_fails_leaves_no_half_export(tmp_path, monkeypatch):
+    import errno
+
+    from conftest import write_checkpoint
+
+    from ddpm import _io
+    from ddpm.export.core import export_checkpoint
+
+    ckpt = write_checkpoint(tmp_path / "ckpt.pt", "basic")
+    out = tmp_path / "out"
+    commits = []
+
+    def fail_second(event, final):
+        if final.parent == out:
+            commits.append(final)
+            if len(commits) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final))
+
+    monkeypatch.setattr(_io, "fault_hook", fail_second)
+    with pytest.raises(OSError):
+        export_checkpoint(ckpt, out, validate=False)
+    assert sorted(p.name for p in out.iterdir()) == []  # all of the export, or none of it
+
+
+@pending("13", "ddpm/runtime/cli.py (cls=ddpm._cli.OneLineCommand instead of its own copy)")
+def test_ddpm_run_uses_the_shared_one_line_command_class():
+    from ddpm._cli import OneLineCommand
+    from ddpm.runtime.cli import main
+
+    assert isinstance(main, OneLineCommand)
+
+
+@pending("13", "ddpm/bench_cli.py (@click.command(cls=ddpm._cli.OneLineCommand, ...))")
+def test_ddpm_bench_uses_the_shared_one_line_command_class():
+    from ddpm._cli import OneLineCommand
+    from ddpm.bench_cli import main
+
+    assert isinstance(main, OneLineCommand)
