@@ -1,4 +1,4 @@
-"""``export_checkpoint``: checkpoint -> model.onnx + model.ts (+ variants), validated, atomic.
+"""``export_checkpoint``: checkpoint -> model.onnx + model.ts (+ model.pt2, variants), validated, atomic.
 
 Every file is first written to a temp path beside its final name, validated *there*, and only
 then moved into place with ``os.replace`` (``ddpm._io.atomic_path``); a failed validation or
@@ -16,16 +16,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ddpm._io import atomic_path, check_writable_dir
-from ddpm.artifact import Contract, contract_for
+from ddpm.artifact import Contract
 from ddpm.errors import BackendError, ConfigError
+from ddpm.export.contract import model_contract, versions
+from ddpm.export.quantize import CalibrationLoader
 from ddpm.export.sources import LoadedModel, load_source
 from ddpm.export.spec import GraphSpec, model_spec
 from ddpm.export.validate import ParityReport
 
-FORMATS = ("onnx", "torchscript")
+#: Base formats: ONNX (dynamo or legacy exporter), TorchScript (torch.jit.trace) and the
+#: torch.export package (torch.export.save; ``aoti`` adds the AOTInductor-compiled one).
+FORMATS = ("onnx", "torchscript", "pt2")
+DEFAULT_FORMATS = ("onnx", "torchscript")
 FILENAMES = {
     "onnx": "model.onnx",
     "torchscript": "model.ts",
+    "pt2": "model.pt2",
+    "aoti": "model_aoti.pt2",
     "fp16": "model_fp16.onnx",
     "optimized": "model_optimized.onnx",
     "step": "model_step.onnx",
@@ -57,39 +64,6 @@ def _require_export_dependencies() -> None:
         )
 
 
-def versions(opset: int, exporter: str) -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import torch
-
-    import ddpm
-
-    return {
-        "ddpm-toolkit": ddpm.__version__,
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "exporter": exporter,
-        "torchscript": "torch.jit.trace",
-        "opset": str(opset),
-    }
-
-
-def model_contract(loaded: LoadedModel, spec: GraphSpec, vers: dict[str, str], **extra) -> Contract:
-    return contract_for(
-        arch=loaded.arch,
-        model_config=loaded.model_config,
-        schedule=loaded.schedule,
-        image_shape=loaded.image_shape,
-        num_classes=loaded.num_classes,
-        inputs=list(spec.inputs),
-        outputs=list(spec.outputs),
-        versions=vers,
-        value_range=loaded.value_range,
-        **extra,
-    )
-
-
 def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
     items = formats.split(",") if isinstance(formats, str) else list(formats)
     out = tuple(dict.fromkeys(f.strip().lower() for f in items if f.strip()))
@@ -106,8 +80,10 @@ def export_checkpoint(
     ckpt_path: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
     *,
-    formats: str | Sequence[str] = FORMATS,
-    opset: int = 17,
+    formats: str | Sequence[str] = DEFAULT_FORMATS,
+    opset: int | None = None,
+    onnx_exporter: str = "dynamo",
+    aoti: bool = False,
     weights: str = "ema",
     validate: bool = True,
     atol: float = DEFAULT_ATOL,
@@ -118,13 +94,17 @@ def export_checkpoint(
     step_sampler: str = "ddpm",
     step_count: int = 50,
     triton_repo: str | os.PathLike | None = None,
+    calibration_loader: CalibrationLoader | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export ``ckpt_path`` to ``out_dir`` (default: its folder); see the module docstring.
 
-    ``formats`` picks the base graphs; ``fp16`` / ``optimize`` / ``int8`` / ``with_step`` add
+    ``formats`` picks the base graphs; ``onnx_exporter`` ("dynamo" or "legacy", see
+    graphs.py) writes the ONNX one, ``opset`` defaults to ``graphs.DEFAULT_OPSET``; ``aoti``
+    adds model_aoti.pt2 (needs "pt2"); ``fp16`` / ``optimize`` / ``int8`` / ``with_step`` add
     ONNX variants (they need "onnx" in ``formats``; ``int8`` quantises the optimized graph's
-    convolutions); ``triton_repo`` writes a Triton Inference
+    convolutions, calibrated on the images ``calibration_loader`` returns for the
+    checkpoint's dataset, else on noise); ``triton_repo`` writes a Triton Inference
     Server model repository there. Raises a ``ddpm.errors`` exception on any bad input, and
     ``AtolError`` / ``ShapeError`` (exit 1) when validation fails.
     """
@@ -134,11 +114,14 @@ def export_checkpoint(
     say = log or (lambda _msg: None)
     fmts = parse_formats(formats)
     _require_export_dependencies()
-    opset = graphs.check_opset(opset)
+    exporter = graphs.check_exporter(onnx_exporter)
+    opset = graphs.check_opset(graphs.DEFAULT_OPSET if opset is None else opset, exporter)
     if atol <= 0:
         raise ConfigError(f"--atol must be > 0, got {atol}")
     if (fp16 or optimize or int8 or with_step or triton_repo) and "onnx" not in fmts:
         raise ConfigError("--fp16/--optimize/--int8/--with-step/--triton-repo need the onnx format; add onnx to --format")
+    if aoti and "pt2" not in fmts:
+        raise ConfigError("--aoti compiles the pt2 program; add pt2 to --format (e.g. --format onnx,pt2)")
     src = Path(ckpt_path)
     loaded = load_source(src, weights=weights)
     out = Path(out_dir) if out_dir is not None else (src if src.is_dir() else src.parent)
@@ -146,32 +129,42 @@ def export_checkpoint(
     for note in loaded.notes:
         say(f"note: {note}")
 
-    vers = versions(opset, graphs.ONNX_EXPORTER)
+    vers = versions(opset, graphs.EXPORTERS[exporter])
     spec = model_spec(*loaded.image_shape, loaded.num_classes, loaded.out_channels)
     contract = model_contract(loaded, spec, vers)
     module = graphs.io_module(loaded.module, loaded.num_classes > 0)
     args = graphs.example_inputs(loaded.image_shape, loaded.num_classes, loaded.schedule.num_train_timesteps)
     result = ExportResult(paths={}, contract=contract, notes=list(loaded.notes))
 
-    kinds = [k for k in FORMATS if k in fmts]
+    kinds = [k for k in FORMATS if k in fmts] + (["aoti"] if aoti else [])
     kinds += [k for k, on in (("fp16", fp16), ("optimized", optimize), ("step", with_step), ("int8", int8)) if on]
     with contextlib.ExitStack() as stack:
         tmp = {k: stack.enter_context(atomic_path(out / FILENAMES[k])) for k in kinds}
+        program = None
+        if "pt2" in tmp:  # one torch.export trace for model.pt2 and the dynamo ONNX graph
+            from ddpm.export.program import export_program
+
+            program = export_program(module, args, spec)
         if "onnx" in tmp:
-            graphs.export_onnx(module, args, spec, tmp["onnx"], opset=opset, contract=contract)
-            say(f"exported ONNX (opset {opset}, {graphs.ONNX_EXPORTER})")
+            contract = graphs.export_onnx(module, args, spec, tmp["onnx"], opset=opset, contract=contract,
+                                          exporter=exporter, program=program, say=say)
+            result.contract = contract
+            say(f"exported ONNX (opset {opset}, {contract.versions['exporter']})")
         if "torchscript" in tmp:
-            graphs.export_torchscript(module, args, tmp["torchscript"], contract=contract)
+            for note in graphs.export_torchscript(module, args, tmp["torchscript"], contract=contract):
+                say(f"note: {note}")
             say("exported TorchScript (torch.jit.trace)")
+        if program is not None:
+            _export_pt2(program, tmp, contract, say)
         if validate:
             rep = _validate_model(module, loaded, spec, tmp, atol)
             say(rep.table())
             result.reports.append(rep)
             rep.raise_if_failed("validation of the fp32 export")
-        _variants(result, loaded, module, spec, tmp, vers, say, validate=validate,
+        _variants(result, loaded, module, spec, tmp, dict(contract.versions), say, validate=validate,
                   step_sampler=step_sampler, step_count=step_count)
         if "int8" in tmp:
-            _int8(result, src, loaded, module, spec, tmp, say, validate=validate)
+            _int8(result, src, loaded, module, spec, tmp, say, validate=validate, loader=calibration_loader)
         if triton_repo is not None:
             from ddpm.export.triton_repo import write_triton_repo
 
@@ -197,7 +190,22 @@ def _validate_model(module, loaded: LoadedModel, spec: GraphSpec, tmp: dict, ato
         report.rows.append(v.compare("torchscript", v.torchscript_runner(tmp["torchscript"]), refs, batches, atol))
     if "onnx" in tmp:
         report.rows.append(v.compare("onnxruntime-cpu fp32", v.onnx_runner(tmp["onnx"], spec), refs, batches, atol))
+    if "pt2" in tmp:
+        report.rows.append(v.compare("torch.export pt2", v.pt2_runner(tmp["pt2"]), refs, batches, atol))
+    if "aoti" in tmp:
+        report.rows.append(v.compare("aotinductor pt2", v.pt2_runner(tmp["aoti"]), refs, batches, atol))
     return report
+
+
+def _export_pt2(program, tmp: dict, contract: Contract, say) -> None:
+    """model.pt2 (+ model_aoti.pt2) from the torch.export ``program``."""
+    from ddpm.export import pt2
+
+    pt2.save_pt2(program, tmp["pt2"], contract)
+    say(f"exported pt2 ({pt2.PT2_SAVER} of {contract.versions['pt2']}, dynamic batch)")
+    if "aoti" in tmp:
+        pt2.compile_aoti(program, tmp["aoti"], contract)
+        say(f"exported AOTInductor package ({pt2.AOTI_COMPILER}, CPU)")
 
 
 def _variants(result: ExportResult, loaded, module, spec, tmp, vers, say, *, validate, step_sampler, step_count) -> None:
@@ -227,7 +235,8 @@ def _variants(result: ExportResult, loaded, module, spec, tmp, vers, say, *, val
             result.reports.append(rep)
 
 
-def _int8(result: ExportResult, src: Path, loaded, module, spec, tmp, say, *, validate: bool) -> None:
+def _int8(result: ExportResult, src: Path, loaded, module, spec, tmp, say, *, validate: bool,
+          loader: CalibrationLoader | None) -> None:
     """model_int8.onnx: QDQ int8 convs on top of the CPU-optimized graph (attention fused)."""
     from ddpm.export.quantize import dataset_name, export_int8
 
@@ -240,7 +249,7 @@ def _int8(result: ExportResult, src: Path, loaded, module, spec, tmp, say, *, va
         finish_onnx(optimize_graph(tmp["onnx"], "cpu"), base, result.contract)
     try:
         rep = export_int8(base, tmp["int8"], loaded, module, spec, dataset=dataset_name(src),
-                          validate=validate, say=say)
+                          loader=loader, validate=validate, say=say)
     finally:
         if base is not tmp.get("optimized"):
             base.unlink(missing_ok=True)

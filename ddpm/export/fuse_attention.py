@@ -1,12 +1,12 @@
-"""Fuse the exporter's decomposed multi-head attention into one ``MultiHeadAttention`` node.
+"""Fuse the exporters' decomposed multi-head attention into one ``MultiHeadAttention`` node.
 
-onnxruntime.transformers' UNet fusions do not match the graph the TorchScript exporter writes
+onnxruntime.transformers' UNet fusions do not match the graphs either ONNX exporter writes
 for diffusers' ``Attention`` (torch's ``scaled_dot_product_attention`` decomposed with the
-scale split into two ``Mul(sqrt(scale))``), so ``--optimize`` used to leave it as 12+ nodes
-that materialise the (B, H, S, S) score tensor and make three layout copies per layer. On
-CPU this attention took a third of a UNet2DModel call for 7 % of its FLOPs.
-:class:`FuseSdpaAttention` rewrites it into ``com.microsoft.MultiHeadAttention``, which has
-CPU and CUDA kernels and works on the (B, S, H*D) projections directly.
+scale split into two ``Mul(sqrt(scale))``): 12+ nodes that materialise the (B, H, S, S) score
+tensor and make three layout copies per layer, a large share of a CPU UNet2DModel call for a
+small share of its FLOPs. :class:`FuseSdpaAttention` rewrites it into
+``com.microsoft.MultiHeadAttention``, which has CPU and CUDA kernels and works on the
+(B, S, H*D) projections directly.
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ class FuseSdpaAttention(GraphRewrite):
         v -> Reshape(B,-1,H,D) -> Transpose(0,2,1,3) ------------------------------------ MatMul
                                                -> Transpose(0,2,1,3) -> Reshape(B,-1,E) -> out
 
-    becomes ``out = MultiHeadAttention(q, k, v; num_heads=H, scale=1/sqrt(D))``. The scale is
+    The dynamo exporter writes k's ``Transpose(0,2,3,1)`` as ``Transpose(0,2,1,3) ->
+    Reshape(B*H,S,D) -> Transpose(0,2,1) -> Reshape(B,H,D,S)`` (the same layout); both forms
+    match. The whole becomes
+    ``out = MultiHeadAttention(q, k, v; num_heads=H, scale=1/sqrt(D))``. The scale is
     SDPA's default, which is what the two ``Mul``s compute; export validation against torch
     proves it for every fused model. H comes from the Reshape's shape, E from q's producer.
     """
@@ -92,12 +95,22 @@ class FuseSdpaAttention(GraphRewrite):
         """(B, S, E) source and H behind ``[Mul(c)] <- Transpose(perm) <- Reshape``."""
         n = self.producer.get(name)
         if n is not None and n.op_type == "Mul":
-            n = next((self.producer.get(i) for i in n.input if self._only(i, "Transpose")), None)
+            n = next((self.producer.get(i) for i in n.input
+                      if self._only(i, "Transpose") or self._only(i, "Reshape")), None)
+        if n is not None and n.op_type == "Reshape" and perm == [0, 2, 3, 1]:
+            n = self._flat_key_transpose(n)
+            perm = [0, 2, 1, 3]
         if n is None or n.op_type != "Transpose" or self._perm(n) != perm:
             return None
         r = self._only(n.input[0], "Reshape")
         h = self._heads(r) if r is not None else None
         return (r.input[0], h) if h else None
+
+    def _flat_key_transpose(self, reshape):
+        """The ``Transpose(0,2,1,3)`` behind dynamo's ``Reshape <- Transpose(0,2,1) <- Reshape``."""
+        t = self._only(reshape.input[0], "Transpose")
+        r = self._only(t.input[0], "Reshape") if t is not None and self._perm(t) == [0, 2, 1] else None
+        return self._only(r.input[0], "Transpose") if r is not None else None
 
     def _match(self, sm):
         if next((a.i for a in sm.attribute if a.name == "axis"), -1) not in (-1, 3):

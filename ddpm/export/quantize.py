@@ -1,8 +1,8 @@
 """``--int8``: static QDQ int8 quantisation of the convolutions, calibrated on training inputs.
 
 Convolutions are >90 % of a DDPM UNet's FLOPs; onnxruntime runs ``QLinearConv`` (u8 x s8,
-per-channel weights) with MLAS integer kernels, about 1.7x the fp32 conv rate on an
-AVX2-only CPU (no VNNI). MatMul/attention stay fp32: quantising them made the graph slower
+per-channel weights) with MLAS integer kernels, faster than its fp32 convolutions even on an
+AVX2-only CPU (no VNNI; figures in ``benchmarks/results/``). MatMul/attention stay fp32: quantising them made the graph slower
 here (extra Q/DQ around small GEMMs) and attention is the most range-sensitive part.
 The first and the last convolution stay fp32 too (:func:`_edge_convs`, found by graph
 structure): the first sees the raw noisy image, the last writes the eps prediction whose
@@ -10,9 +10,11 @@ error the sampler amplifies at small t. They are two of the cheapest convs (few 
 one side), so keeping them costs little speed.
 
 Calibration follows the training distribution: x_t = sqrt(ᾱ_t)·x_0 + sqrt(1-ᾱ_t)·ε (DDPM
-eq. 4) with x_0 from the checkpoint's dataset (when it can be loaded offline, e.g. digits)
-at uniformly random timesteps and labels; otherwise x_0 is uniform noise in the value range
-and the notes say so. Ranges: MinMax over all calibration batches. Parity with torch is
+eq. 4, coefficients from ``ddpm.schedule.q_sample_coefficients``) at uniformly random
+timesteps and labels, with x_0 from the checkpoint's dataset when a
+:data:`CalibrationLoader` is passed in and can load it offline (the ``ddpm-export`` CLI
+passes one backed by ``ddpm.training``; this package never imports training code);
+otherwise x_0 is uniform noise in the value range and the notes say so. Ranges: MinMax over all calibration batches. Parity with torch is
 judged by the relative RMS error of the output (:data:`INT8_MAX_REL_RMS`: catches a broken
 graph or a bad calibration, not quantisation noise); max-abs is printed for information.
 Whether the *samples* stay good is the runtime's quality gate, which an int8 graph must
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddpm.errors import ValidationError
+from ddpm.errors import ValidationError, first_line
 from ddpm.export.validate import ParityReport, compare, model_batches, onnx_runner, torch_runner
 
 INT8_MAX_REL_RMS = 0.35  # ||int8 - fp32|| / ||fp32|| over the validation batches
@@ -37,6 +39,9 @@ INT8_MAX_REL_RMS = 0.35  # ||int8 - fp32|| / ||fp32|| over the validation batche
 # 0.846; 0.844 with the edge convs quantised), guided 100 % on every label.
 CALIB_SAMPLES = 256
 CALIB_BATCH = 16
+#: ``loader(dataset_name, (C, H, W)) -> float array (N, C, H, W)``: training images in the
+#: model's value range, at the model's resolution.
+CalibrationLoader = Callable[[str, tuple[int, int, int]], np.ndarray]
 
 
 def dataset_name(source: str | os.PathLike) -> str | None:
@@ -50,14 +55,35 @@ def dataset_name(source: str | os.PathLike) -> str | None:
     return (load_checkpoint(p).get("data") or {}).get("dataset")
 
 
-def calibration_batches(loaded, dataset: str | None, n: int = CALIB_SAMPLES, batch: int = CALIB_BATCH,
-                        seed: int = 0, notes: list[str] | None = None) -> list[dict[str, np.ndarray]]:
-    """Model inputs at random timesteps built from training images (see module docstring)."""
+def calibration_images(
+    loader: CalibrationLoader | None, dataset: str | None, image_shape: tuple[int, int, int],
+    notes: list[str] | None = None,
+) -> np.ndarray | None:
+    """x_0 images from ``loader`` for ``dataset``, or None (with a note) when there are none."""
+    why = ("no dataset recorded" if not dataset else "no calibration loader given") if (
+        loader is None or not dataset) else None
+    images = None
+    if why is None:
+        try:
+            images = np.asarray(loader(str(dataset), tuple(image_shape)), dtype=np.float32)
+            if images.ndim != 4 or images.shape[1:] != tuple(image_shape) or not len(images):
+                why = f"loader returned shape {images.shape}, expected (N, {', '.join(map(str, image_shape))})"
+                images = None
+        except Exception as e:  # noqa: BLE001 - any dataset failure falls back to noise
+            why = f"not loadable offline ({first_line(e)})"
+    if images is None and notes is not None:
+        notes.append(f"int8 calibration: dataset {dataset!r}: {why}; calibrated on uniform-noise x_0 instead")
+    return images
+
+
+def calibration_batches(loaded, images: np.ndarray | None, n: int = CALIB_SAMPLES, batch: int = CALIB_BATCH,
+                        seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Model inputs at random timesteps from x_0 ``images`` (None: uniform noise); see the module docstring."""
     from ddpm.schedule import q_sample_coefficients
 
     rng = np.random.default_rng(seed)
     c, h, w = loaded.image_shape
-    x0 = _training_images(loaded, dataset, notes)
+    x0 = images
     if x0 is None:
         lo, hi = loaded.value_range
         x0 = rng.uniform(lo, hi, size=(n, c, h, w)).astype(np.float32)
@@ -74,19 +100,6 @@ def calibration_batches(loaded, dataset: str | None, n: int = CALIB_SAMPLES, bat
             feeds["class_labels"] = rng.integers(0, k + 1, len(feeds["timestep"])).astype(np.int64)  # K = NULL
         out.append(feeds)
     return out
-
-
-def _training_images(loaded, name: str | None, notes: list[str] | None) -> np.ndarray | None:
-    try:
-        from ddpm.training.datasets import load_dataset
-
-        ds = load_dataset(str(name), image_size=loaded.image_shape[1])
-        return ds.images.float().numpy()[:, : loaded.image_shape[0]]
-    except Exception as e:  # noqa: BLE001 - any dataset failure falls back to noise
-        if notes is not None:
-            notes.append(f"int8 calibration: dataset {name!r} not loadable offline ({type(e).__name__}); "
-                         "calibrated on uniform-noise x_0 instead")
-        return None
 
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, batches) -> list[str]:
@@ -202,12 +215,17 @@ def _edge_convs(model) -> list[str]:
 
 
 def export_int8(
-    model_path, out_path, loaded, module, spec, *, dataset: str | None = None, validate: bool = True,
+    model_path, out_path, loaded, module, spec, *, dataset: str | None = None,
+    loader: CalibrationLoader | None = None, validate: bool = True,
     max_rel_rms: float = INT8_MAX_REL_RMS, say: Callable[[str], None] = print,
 ) -> ParityReport | None:
-    """Write ``model_int8.onnx`` from the (fused) fp32 graph at ``model_path``; report parity."""
+    """Write ``model_int8.onnx`` from the (fused) fp32 graph at ``model_path``; report parity.
+
+    ``loader`` supplies ``dataset``'s images for calibration (see :func:`calibration_images`).
+    """
     notes: list[str] = []
-    batches = calibration_batches(loaded, dataset, notes=notes)
+    images = calibration_images(loader, dataset, loaded.image_shape, notes)
+    batches = calibration_batches(loaded, images)
     for n in notes:
         say(f"note: {n}")
     kept = quantize_int8(model_path, out_path, batches)

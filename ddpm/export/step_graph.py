@@ -143,7 +143,7 @@ def export_step(
     """Write the step graph for ``sampler``/``num_steps`` and validate it against numpy."""
     import onnx
 
-    from ddpm.export.core import model_contract
+    from ddpm.export.contract import model_contract
     from ddpm.export.graphs import finish_onnx
 
     table = step_table(loaded.schedule, num_steps, sampler=sampler)

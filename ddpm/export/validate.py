@@ -1,4 +1,4 @@
-"""Parity validation: torch eager vs TorchScript vs ONNX Runtime (CPU) on the same inputs.
+"""Parity validation: torch eager vs TorchScript, ONNX Runtime (CPU) and pt2 on the same inputs.
 
 As optimum-onnx's ``validate_model_outputs``: check the session's input/output names against
 the spec, run several batches, check shapes (:class:`ShapeError`) and max-abs differences
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ddpm.errors import AtolError, ShapeError, ValidationError
+from ddpm.errors import AtolError, ShapeError, ValidationError, first_line
 from ddpm.export.spec import GraphSpec
 
 Batch = dict[str, np.ndarray]
@@ -110,6 +110,14 @@ def torchscript_runner(path: str | os.PathLike) -> Callable[[Batch], np.ndarray]
         return torch_runner(torch.jit.load(str(path), map_location="cpu"))
 
 
+def pt2_runner(path: str | os.PathLike) -> Callable[[Batch], np.ndarray]:
+    """Run a model.pt2 (torch.export program) or an AOTInductor package on CPU."""
+    from ddpm.export import pt2
+
+    load = pt2.load_aoti if pt2.is_aoti_package(path) else pt2.load_pt2
+    return torch_runner(load(path))
+
+
 def onnx_session(path: str | os.PathLike, spec: GraphSpec, providers=("CPUExecutionProvider",)):
     """An ORT session whose IO names and dtypes are checked against ``spec``."""
     import onnxruntime as ort
@@ -152,9 +160,8 @@ def compare(
         except ValidationError:
             raise
         except Exception as e:  # noqa: BLE001 - a backend crash is a failed validation
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValidationError(
-                f"{backend} failed on a batch of {len(ref)} ({first[:300]}); nothing was written"
+                f"{backend} failed on a batch of {len(ref)} ({first_line(e)}); nothing was written"
             ) from None
         if out.shape != ref.shape:
             raise ShapeError(
