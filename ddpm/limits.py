@@ -25,7 +25,7 @@ DEFAULTS: dict[str, tuple[int, str]] = {
     "CHANNELS": (4096, "channels of any layer (base_channels x mult, channel lists, dims)"),
     "MULT": (64, "one channel multiplier"),
     "LEVELS": (12, "resolution levels (entries in a channel / multiplier list)"),
-    "BLOCKS": (64, "residual blocks per level, attention heads, head size"),
+    "BLOCKS": (64, "residual blocks per level, attention heads, kernel size"),
     "NUM_CLASSES": (100_000, "class labels of a conditional model"),
     "TIMESTEPS": (100_000, "training timesteps T"),
     "BATCH_SIZE": (65_536, "images per batch (--batch-size)"),
@@ -33,7 +33,8 @@ DEFAULTS: dict[str, tuple[int, str]] = {
     "STEPS": (100_000_000, "optimizer steps (--steps)"),
     "SAMPLE_STEPS": (100_000, "inference steps"),
     "CHECKPOINT_BYTES": (16 << 30, "bytes of a checkpoint once decompressed"),
-    "ELEMENTS": (1 << 31, "elements of one tensor (batch x channels x height x width)"),
+    # 2**28 float32 elements = 1 GiB: one input batch never needs more on one machine.
+    "ELEMENTS": (1 << 28, "elements of one image batch (batch x channels x height x width)"),
 }
 
 RELAXED_FACTOR = 1000
