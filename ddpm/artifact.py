@@ -237,6 +237,17 @@ def _check_field_types(d: dict[str, Any], source: str) -> None:
         )
 
 
+def schedule_lines(schedule: ScheduleConfig) -> list[str]:
+    """The schedule a contract stores, one ``key: value`` line per field (trained β as a
+    count and range), for ``ddpm-export``'s log and ``ddpm-run --info``."""
+    lines = []
+    for key, value in schedule.to_dict().items():
+        if key == "trained_betas" and value is not None:
+            value = f"{len(value)} values in [{min(value):.6g}, {max(value):.6g}]"
+        lines.append(f"{key}: {value}")
+    return lines
+
+
 def contract_for(
     *,
     arch: str,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ddpm._io import atomic_path, check_writable_dir
-from ddpm.artifact import Contract
+from ddpm.artifact import Contract, schedule_lines
 from ddpm.errors import BackendError, ConfigError
 from ddpm.export.contract import model_contract, versions
 from ddpm.export.quantize import CalibrationLoader
@@ -128,6 +128,9 @@ def export_checkpoint(
     out = check_writable_dir(out, what="exported models")
     for note in loaded.notes:
         say(f"note: {note}")
+    say("schedule stored in the contract:")
+    for line in schedule_lines(loaded.schedule):
+        say(f"  {line}")
 
     vers = versions(opset, graphs.EXPORTERS[exporter])
     spec = model_spec(*loaded.image_shape, loaded.num_classes, loaded.out_channels)

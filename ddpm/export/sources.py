@@ -27,6 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from ddpm.errors import CheckpointError, ConfigError
+from ddpm.export.diffusers_config import (
+    IMPORT_DEFAULTS,
+    check_pipeline,
+    read_json,
+    schedule_from_scheduler_config,
+)
 from ddpm.schedule import ScheduleConfig
 
 
@@ -55,14 +61,19 @@ def load_source(path: str | os.PathLike, *, weights: str = "ema") -> LoadedModel
             ".safetensors file or a diffusers UNet2DModel folder"
         )
     if p.is_dir():
-        if (p / "config.json").is_file():
+        if (p / "model_index.json").is_file():
+            loaded = _load_diffusers(check_pipeline(p))
+        elif (p / "config.json").is_file():
+            if (p.parent / "model_index.json").is_file():
+                check_pipeline(p.parent)  # a unet/ subfolder: refuse latent pipelines too
             loaded = _load_diffusers(p)
         elif (p / "ckpt.pt").is_file():
             loaded = _load_ckpt(p / "ckpt.pt", weights)
         else:
             raise CheckpointError(
-                f"{str(p)!r} is a folder without ckpt.pt or config.json; pass the ckpt.pt "
-                "written by ddpm-train or a diffusers UNet2DModel folder"
+                f"{str(p)!r} is a folder without ckpt.pt, config.json or model_index.json; pass "
+                "the ckpt.pt written by ddpm-train, a diffusers DDPMPipeline/DDIMPipeline folder "
+                "or a UNet2DModel folder"
             )
     elif p.suffix == ".safetensors":
         loaded = _load_safetensors(p)
@@ -174,19 +185,16 @@ def _load_state(model, state: dict, p: Path) -> None:
         ) from None
 
 
-def _diffusers_schedule(folder: Path) -> tuple[ScheduleConfig, str]:
+def _diffusers_schedule(folder: Path) -> tuple[ScheduleConfig, list[str]]:
+    """The scheduler config beside the UNet or in the pipeline's scheduler/ folder; every
+    key honoured or refused (:mod:`ddpm.export.diffusers_config`)."""
     for cand in (folder / "scheduler_config.json", folder.parent / "scheduler" / "scheduler_config.json"):
         if cand.is_file():
-            try:
-                d = json.loads(cand.read_text())
-            except ValueError as e:
-                raise CheckpointError(f"{str(cand)!r} is not valid JSON ({e}); fix or remove it") from None
-            known = {k: d[k] for k in ScheduleConfig.__dataclass_fields__ if k in d}
-            # diffusers' name for the iDDPM cosine schedule
-            if known.get("beta_schedule") == "squaredcos_cap_v2":
-                known["beta_schedule"] = "cosine"
-            return _build(lambda k=known: ScheduleConfig.from_dict(k), cand), f"schedule from {cand}"
-    return ScheduleConfig(), "no scheduler_config.json next to the model: using the default ScheduleConfig"
+            schedule, notes = schedule_from_scheduler_config(read_json(cand), cand)
+            return schedule, [f"schedule from {cand}", *notes]
+    schedule = ScheduleConfig(**IMPORT_DEFAULTS)
+    return schedule, ["no scheduler_config.json next to the model: using diffusers' default "
+                      "DDPMScheduler settings"]
 
 
 def _load_diffusers(folder: Path) -> LoadedModel:
@@ -209,10 +217,9 @@ def _load_diffusers(folder: Path) -> LoadedModel:
             f"{str(folder)!r} is a diffusers folder but diffusers is unavailable ({e}); "
             "pip install diffusers"
         ) from None
+    schedule, notes = _diffusers_schedule(folder)  # refuse a bad scheduler before loading weights
     model = _build(lambda: load_diffusers_folder(str(folder)), folder)
-    schedule, note = _diffusers_schedule(folder)
     cfg = model.config
-    notes = [note]
     if cfg.num_classes:
         notes.append(f"class embedding row {cfg.num_classes} is taken as the null label")
     return LoadedModel(
