@@ -224,5 +224,6 @@ def fused_step(
         CFG=cfg,
         WRITE_X0=return_x0,
         BLOCK_SIZE=block_size,
+        enable_fp_fusion=False,  # no FMA contraction: the same roundings as the CPU paths
     )  # fmt: skip
     return out, x0
