@@ -14,8 +14,12 @@ hold NaN/Inf, since an exported graph of such weights would only ever produce ga
 
 A diffusers folder holds ``config.json`` plus ``diffusion_pytorch_model.safetensors`` (or
 ``.bin``) of a ``UNet2DModel``; it is exported as the ``unet2d`` preset, which wraps the same
-weights (``ddpm.models.unet2d.from_diffusers``). Its schedule comes from ``scheduler_config.json`` beside it or
-one folder up (the pipeline layout), else the default ScheduleConfig, and the notes say which.
+weights (``ddpm.models.unet2d.from_diffusers``). Its schedule comes from
+``scheduler_config.json`` beside it or in ``../scheduler/``, else diffusers' DDPMScheduler
+defaults, and the notes say which; every key is honoured or refused
+(:mod:`ddpm.export.diffusers_config`). A pipeline root (``model_index.json`` with ``unet/``
+and ``scheduler/``, as ``DDPMPipeline.save_pretrained`` writes) is accepted for
+DDPMPipeline/DDIMPipeline and refused, in one line, for other pipeline kinds.
 """
 
 from __future__ import annotations
