@@ -105,7 +105,7 @@ def preload_cuda(ort: Any) -> None:
 
 def providers_for(
     ort: Any, device: str, *, tensorrt: bool = False, cuda_graph: bool = False, tf32: bool = False,
-    trt_cache: Path | None = None,
+    trt_cache: Path | None = None, cuda_options: dict[str, str] | None = None,
 ) -> list:
     """The provider list for ``device``; raises BackendError (exit 2) naming the fix when the
     install or the device cannot honour an option.
@@ -113,6 +113,7 @@ def providers_for(
     ``tf32`` lets the CUDA EP use TF32 tensor-core math: faster convolutions, but images
     differ from the CPU ones beyond fp32 rounding, so it is off unless asked for.
     ``trt_cache`` is the TensorRT engine cache folder (engines take minutes to build).
+    ``cuda_options`` adds CUDA EP options (e.g. ``user_compute_stream``).
     """
     available = set(ort.get_available_providers())
     if device == "cpu":
@@ -134,7 +135,7 @@ def providers_for(
             f"(available: {', '.join(sorted(available))}); install the GPU build with "
             f"`pip uninstall -y onnxruntime && {GPU_HINT}`, or use device 'cpu'", field="device",
         )
-    cuda_opts = {"device_id": "0", "use_tf32": "1" if tf32 else "0"}
+    cuda_opts = {"device_id": "0", "use_tf32": "1" if tf32 else "0", **(cuda_options or {})}
     if cuda_graph:
         # Replays the captured graph on every run; needs IO binding at fixed addresses.
         cuda_opts["enable_cuda_graph"] = "1"
@@ -211,13 +212,14 @@ def create_session(
     spin: bool = False,
     fixed_dims: dict[str, int] | None = None,
     strict_device: bool = False,
+    cuda_options: dict[str, str] | None = None,
 ) -> Any:
     """An InferenceSession for ``path`` whose inputs/outputs match ``contract``, on the
     providers asked for (checked after creation: ORT falls back to the CPU EP silently)."""
     ort = import_ort()
     trt_cache = Path(path).parent / "trt_cache" if tensorrt else None
     providers = providers_for(ort, device, tensorrt=tensorrt, cuda_graph=cuda_graph, tf32=tf32,
-                              trt_cache=trt_cache)
+                              trt_cache=trt_cache, cuda_options=cuda_options)
     if device == "cuda":
         preload_cuda(ort)
         if trt_cache is not None:

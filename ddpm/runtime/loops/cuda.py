@@ -1,31 +1,33 @@
-"""ONNX Runtime on CUDA: x_t and the prediction stay on the GPU between steps.
+"""The Triton loop (``--update triton``): model.onnx on ORT's CUDA EP, the fused Triton update,
+both on one torch CUDA stream, x_t never leaving the GPU.
 
-Needs torch (CUDA build) and triton; :func:`available` says whether they are usable, and
-:func:`ddpm.runtime.loops.select_loop` falls back to the host loop otherwise (ORT then
-copies in and out each step). Each batch runs as:
+Needs torch (CUDA build) and triton, imported only when this loop is built. Per batch:
 
-    x_T  = randn(seed, INIT_STEP, offset) -> GPU once             (same draw as on CPU)
-    loop: xin[:B] = xin[B:] = x_t; t.fill_(t_i)                    (device copies only)
-          ORT run with IO binding: reads xin/t/y, writes `out` in place on the GPU
-          x_t = fused_step(table, i, out, x_t, seed, offset, w)    (Triton: CFG + update +
-                                                                    in-kernel Philox noise)
+    x_T = randn(seed, INIT_STEP, offset) -> GPU once                   (the host loop's draw)
+    timesteps (N, mb) int64 and labels (mb,) -> GPU once
+    step i: xin[:B] = xin[B:] = x_t                                    (device copies)
+            bind timestep row i (a pointer, no copy); ORT run writes `out` on the stream
+            x_t, x0 = fused_step(table, i, out, x_t, seed, offset, w, prev_x0)
+                      (CFG + update + in-kernel Philox noise, one kernel)
 
-so nothing crosses PCIe per step except on ``trajectory=True``. With the engine's
-``cuda_graph`` ORT captures the model run: that needs fixed buffer addresses and shapes,
-so buffers then live on the loop, the last batch is padded to the full batch size, and
-calls are serialised.
+ORT runs on the torch stream (``user_compute_stream``) and is told not to synchronise after
+each run (``disable_synchronize_execution_providers``), so stream order alone sequences the
+model run and the update: no host synchronisation per step. The kernel is compiled for the
+loop's dtype set when the loop is built (one launch on a tiny tensor; the seed is not
+specialised on, so its value never triggers a recompile), never inside a timed request.
+CUDA graphs are the device loop's (``--loop device --cuda-graph``), not this one's.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ddpm.errors import BackendError
 from ddpm.noise import INIT_STEP, randn
 from ddpm.runtime.loops.guidance import uses_cfg
 from ddpm.runtime.loops.host import BatchResult, Check
@@ -42,95 +44,94 @@ def available() -> bool:
 
 
 class TritonLoop:
-    """Device-resident loop over an ORT engine opened on device 'cuda'."""
+    """ORT CUDA model runs plus the fused Triton update on one torch stream."""
 
     name = "triton"
 
     def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.contract = engine.contract
-        self.cuda_graph = bool(getattr(engine, "cuda_graph", False))
-        self._lock = threading.Lock()
-        self._buffers: dict[tuple, Any] = {}  # only used with cuda_graph (fixed addresses)
+        if not available():
+            raise BackendError(
+                "--update triton needs torch (CUDA build) and triton with a visible GPU; install "
+                '`pip install "ddpm-toolkit[gpu]"` or drop --update triton', field="loop",
+            )
+        import torch
+
+        from ddpm.kernels import fused_step
+        from ddpm.runtime.ort_session import create_session, import_ort
+        from ddpm.schedule import step_table
+
+        self.engine, self.contract = engine, engine.contract
+        self.torch, self.fused_step = torch, fused_step
+        self.dev = torch.device("cuda", 0)
+        self.stream = torch.cuda.current_stream(self.dev)
+        kw = dict(getattr(engine, "session_kw", None) or {})
+        self.session = create_session(
+            engine.path, self.contract, device="cuda", tf32=bool(kw.get("tf32")),
+            cuda_options={"has_user_compute_stream": "1",
+                          "user_compute_stream": str(self.stream.cuda_stream)},
+        )
+        self.output = self.session.get_outputs()[0].name
+        self.run_options = import_ort().RunOptions()
+        self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        # Compile the kernel for fp32 with and without CFG / noise now, outside any request.
+        table = step_table(self.contract.schedule_config, 2, sampler="ddpm")
+        x = torch.zeros((1, 1, 1, 16), device=self.dev)
+        for cfg in (False, True):
+            out = torch.zeros((2 if cfg else 1, 1, 1, 16), device=self.dev)
+            fused_step(table, 0, out, x, seed=0, guidance_scale=1.0 if cfg else None)
+            fused_step(table, 1, out, x, guidance_scale=1.0 if cfg else None)
+        torch.cuda.synchronize(self.dev)
+
+    def _bind(self, binding, name: str, t) -> None:
+        dtype = np.float32 if t.dtype == self.torch.float32 else np.int64
+        binding.bind_input(name, "cuda", 0, dtype, list(t.shape), t.data_ptr())
 
     def __call__(
         self, plan: Plan, start: int, stop: int, *, record: bool, tick: Callable[[], None],
         check: Check | None = None,
     ) -> BatchResult:
-        if self.cuda_graph:
-            with self._lock:  # one captured graph, one set of buffers
-                return self._device_batch(plan, start, stop, record, tick, check)
-        return self._device_batch(plan, start, stop, record, tick, check)
-
-    def _buffers_for(self, mb: int, c_out: int) -> tuple[Any, Any, Any, Any, Any]:
-        import torch
-
-        key = (mb, c_out)
-        if self.cuda_graph and key in self._buffers:
-            return self._buffers[key]
-        c, h, w = self.contract.image_shape
-        dev = torch.device("cuda", 0)
-        bufs = (
-            torch.empty((mb, c, h, w), dtype=torch.float32, device=dev),  # model input x
-            torch.empty((mb,), dtype=torch.int64, device=dev),  # timesteps
-            torch.empty((mb,), dtype=torch.int64, device=dev),  # labels (unused if uncond)
-            torch.empty((mb, c_out, h, w), dtype=torch.float32, device=dev),  # prediction
-        )
-        binding = self.engine.session.io_binding()
-        names = self.contract.input_names
-        for name, buf in zip(names, bufs[: len(names)], strict=True):
-            dtype = np.float32 if buf.dtype == torch.float32 else np.int64
-            binding.bind_input(name, "cuda", 0, dtype, list(buf.shape), buf.data_ptr())
-        out = bufs[3]
-        output = self.engine.session.get_outputs()[0].name
-        binding.bind_output(output, "cuda", 0, np.float32, list(out.shape), out.data_ptr())
-        entry = (*bufs, binding)
-        if self.cuda_graph:
-            self._buffers[key] = entry
-        return entry
-
-    def _device_batch(
-        self, plan: Plan, start: int, stop: int, record: bool, tick: Callable[[], None], check: Check | None
-    ) -> BatchResult:
-        import torch
-
-        from ddpm.kernels import fused_step
-
-        table, c_shape = plan.table, self.contract.image_shape
-        real = stop - start
-        # With CUDA graphs every batch must have the captured shape: pad with extra samples
-        # (their noise is just further counters) and drop them at the end.
-        b = plan.batch_size if self.cuda_graph else real
-        offset = start * math.prod(c_shape)
+        torch, c = self.torch, self.contract
+        table = plan.table
+        b = stop - start
+        shape = (b, *c.image_shape)  # (B, C, H, W)
+        offset = start * math.prod(c.image_shape)
         cfg = uses_cfg(plan.labels, plan.guidance)
         mb = 2 * b if cfg else b
-        xin, tin, yin, out, binding = self._buffers_for(mb, c_shape[0])
-        x = torch.from_numpy(randn((b, *c_shape), seed=plan.seed, step=INIT_STEP, offset=offset)).to(xin.device)
-        if plan.labels is not None:
-            y = np.resize(plan.labels[start:stop], b)  # pads by repeating; padded rows are dropped
+        names = c.input_names
+        x = torch.from_numpy(randn(shape, seed=plan.seed, step=INIT_STEP, offset=offset)).to(self.dev)
+        xin = torch.empty((mb, *c.image_shape), device=self.dev) if cfg else x
+        ts = torch.from_numpy(np.repeat(np.asarray(table.timesteps, np.int64)[:, None], mb, 1)).to(self.dev)
+        out = torch.empty((mb, *c.image_shape), device=self.dev)
+        binding = self.session.io_binding()
+        binding.bind_output(self.output, "cuda", 0, np.float32, list(out.shape), out.data_ptr())
+        if c.conditional:
+            y = plan.labels[start:stop]
             if cfg:
                 y = np.concatenate([y, np.full(b, plan.null_label, np.int64)])
-            yin.copy_(torch.from_numpy(y))
+            self._bind(binding, names[2], torch.from_numpy(np.ascontiguousarray(y, np.int64)).to(self.dev))
         xts: list[np.ndarray] = []
         x0s: list[np.ndarray] = []
-        session = self.engine.session
-        for i, t in enumerate(table.timesteps):
+        x0 = None  # previous step's x̂0 (multistep samplers)
+        keep_x0 = record or table.multistep
+        for i in range(len(table)):
             if check is not None:
                 check()
-            xin[:b].copy_(x)
             if cfg:
+                xin[:b].copy_(x)
                 xin[b:].copy_(x)
-            tin.fill_(int(t))
-            torch.cuda.current_stream().synchronize()  # ORT runs on its own stream
-            session.run_with_iobinding(binding)
-            binding.synchronize_outputs()
-            x_prev, x0 = fused_step(
+            self._bind(binding, names[0], xin if cfg else x)
+            self._bind(binding, names[1], ts[i])
+            self.session.run_with_iobinding(binding, self.run_options)
+            prev = {"prev_x0": x0} if table.multistep else {}
+            x_prev, x0 = self.fused_step(
                 table, i, out, x, seed=plan.seed, noise_offset=offset,
-                guidance_scale=plan.guidance if cfg else None, return_x0=record,
+                guidance_scale=plan.guidance if cfg else None, return_x0=keep_x0, **prev,
             )
             if record:
-                xts.append(x[:real].cpu().numpy())
-                x0s.append(x0[:real].cpu().numpy())
+                xts.append(x.cpu().numpy())
+                x0s.append(x0.cpu().numpy())
             x = x_prev
+            if not cfg:
+                xin = x
             tick()
-        return x[:real].cpu().numpy(), xts, x0s
+        return x.cpu().numpy(), xts, x0s
