@@ -77,17 +77,19 @@ class Step:
     """Inputs and one callable per provider for a tensor of ``shape`` on ``dev``."""
 
     def __init__(self, shape: tuple[int, ...], dev: torch.device, compiled=None):
-        from diffusers import DDPMScheduler
-
         self.table = step_table(ScheduleConfig(), N_STEPS, sampler="ddpm")
         # Values do not affect timing; torch.randn on the device keeps 2^28 setups fast.
         g = torch.Generator(dev).manual_seed(SEED)
         self.out, self.xt, self.z = (torch.randn(shape, generator=g, device=dev) for _ in range(3))
         self.prev = torch.empty_like(self.xt)
-        self.sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear",
-                                   clip_sample=True, variance_type="fixed_small")  # fmt: skip
-        self.sched.set_timesteps(N_STEPS)
-        self.t = self.sched.timesteps[STEP]
+        self.sched = self.t = None
+        if has_diffusers():  # a contender only where installed (the GPU machine has none)
+            from diffusers import DDPMScheduler
+
+            self.sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear",
+                                       clip_sample=True, variance_type="fixed_small")  # fmt: skip
+            self.sched.set_timesteps(N_STEPS)
+            self.t = self.sched.timesteps[STEP]
         self.row = coefficients(self.table, STEP)
         self.compiled = compiled
         if dev.type == "cpu":
@@ -116,6 +118,12 @@ class Step:
         raise ValueError(f"unknown provider {provider!r}")
 
 
+def has_diffusers() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("diffusers") is not None
+
+
 def providers_for(dev: torch.device, with_compile: bool) -> list[str]:
     names = ["copy", "fused_load", "fused_philox", "torch_ref", "torch_compile", "diffusers"]
     if dev.type == "cpu":
@@ -125,6 +133,8 @@ def providers_for(dev: torch.device, with_compile: bool) -> list[str]:
         if p in GPU_ONLY and dev.type != "cuda":
             continue
         if p == "torch_compile" and not with_compile:
+            continue
+        if p == "diffusers" and not has_diffusers():
             continue
         keep.append(p)
     return keep
