@@ -181,19 +181,21 @@ def test_execute_answers_each_request_of_a_batch_on_its_own(repo, sampler, monke
     assert err.output_tensors == [] and err.error.msg.startswith("steps") and "1..1000" in err.error.msg
 
 
-def test_ddpm_export_triton_repo_writes_the_sampler_model(make_checkpoint, tmp_path):
-    """The export path (ddpm-export --triton-repo) writes ddpm_sampler from its own contract."""
+def test_sampler_model_of_an_exported_checkpoint(exported, tmp_path):
+    """A repository for a ddpm-export output (the session's shared export: no extra torch
+    work) serves that model's own shape and images. The export CLI's --triton-repo call of
+    write_triton_repo is exercised by test_export_variants."""
     from google.protobuf import text_format
 
-    from ddpm.export import export_checkpoint
+    from ddpm.export.triton_repo import write_triton_repo
 
-    result = export_checkpoint(make_checkpoint("ddpm", True), tmp_path, formats="onnx",
-                               validate=False, triton_repo=tmp_path / "repo")
-    model = tmp_path / "repo" / "ddpm_sampler"
-    assert (model / "1" / "model.onnx").read_bytes() == result.paths["onnx"].read_bytes()
+    onnx_path = exported("ddpm", True)["onnx"]
+    write_triton_repo(onnx_path, read(onnx_path), tmp_path)
+    model = tmp_path / "ddpm_sampler"
+    assert (model / "1" / "model.onnx").read_bytes() == onnx_path.read_bytes()
     cfg = text_format.Parse((model / "config.pbtxt").read_text(), _model_config_pb2().ModelConfig())
     assert list(cfg.output[0].dims) == [-1, 8, 8, 1]  # the tiny checkpoint's 8x8x1 images
     runner = RequestRunner(Sampler.from_path(model / "1" / "model.onnx", num_threads=1))
     got = runner.run(_req(seed=5, num_images=3, steps=2, label=2))
-    want = Sampler.from_path(result.paths["onnx"], num_threads=1).sample(3, steps=2, seed=5, labels=2)
+    want = Sampler.from_path(onnx_path, num_threads=1).sample(3, steps=2, seed=5, labels=2)
     assert np.array_equal(got[0], want.images)

@@ -83,8 +83,8 @@ def main(model, repository, host, port, grpc_port, device, instances, workers, t
     else:
         path = _model_file(model)
     contract = read(path)  # ArtifactError (exit 2) for a missing file or a foreign model
+    tritonserver_binary()  # "not installed" first: it explains a numpy 2 beside it too
     check_numpy()
-    tritonserver_binary()
     _check_port(host, port, "--port")
     _check_port(host, grpc_port, "--grpc-port")
 
