@@ -130,8 +130,8 @@ def repo_server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
     write_triton_repo(MODEL, read(MODEL), repo)
     # The UNet-only model needs the onnxruntime backend, which this wheel lacks: load ours only.
-    server = TritonServer(repo, extra_args=("--model-control-mode", "explicit",
-                                            "--load-model", "ddpm_sampler"))
+    server = TritonServer(repo, log_path=repo.parent / "tritonserver.log",
+                          extra_args=("--model-control-mode", "explicit", "--load-model", "ddpm_sampler"))
     server.start()
     try:
         server.wait_ready(timeout=120)
@@ -149,8 +149,9 @@ def test_repo_server_rejects_bad_requests_and_stays_ready(repo_server, local):
 
 
 def test_repo_server_shuts_down_cleanly(repo_server):
-    pid = repo_server.proc.pid
+    pid, workdir = repo_server.proc.pid, repo_server._workdir
     assert repo_server.stop(timeout=30) == 0
+    assert not workdir.exists()  # the backend folder it built is gone
     assert "Non-graceful" not in repo_server.log_path.read_text()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)

@@ -110,7 +110,8 @@ class TritonServer:
 
     ``with TritonServer(repo) as server:`` starts it, waits until ``/v2/health/ready`` answers
     200 and stops it (SIGTERM, then SIGKILL after ``stop_timeout``) on exit. Metrics are off, so
-    only the HTTP and gRPC ports are opened. The server's log goes to ``self.log_path``.
+    only the HTTP and gRPC ports are opened. The server's log goes to ``log_path`` (default: a
+    temp folder removed by :meth:`stop`; errors are quoted in the exceptions raised).
     """
 
     def __init__(
@@ -197,10 +198,7 @@ class TritonServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: stubs too
                 code = self.proc.wait(timeout=10)
-        if self.log_path.parent != self._workdir:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-        else:  # keep the log, drop the backend links
-            shutil.rmtree(self._workdir / "backends", ignore_errors=True)
+        shutil.rmtree(self._workdir, ignore_errors=True)  # the default log goes with it
         return code
 
     def __enter__(self) -> TritonServer:
