@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,3 +239,21 @@ def test_unet_folder_without_scheduler_takes_diffusers_defaults(tmp_path):
     assert loaded.schedule.ddim_prev_timestep == "t_minus_ratio"
     assert loaded.schedule.clipped_eps is False
     assert any("default DDPMScheduler" in n for n in loaded.notes)
+
+
+def test_contract_round_trips_the_new_schedule_fields_and_old_contracts_load(exported):
+    from ddpm import artifact
+    from ddpm.schedule import ScheduleConfig, step_table
+
+    c = artifact.read(exported[2])
+    again = artifact.Contract.from_json(c.to_json())
+    assert again.schedule_config == c.schedule_config
+    lines = artifact.schedule_lines(ScheduleConfig(trained_betas=(0.01,) * 1000))
+    assert "trained_betas: 1000 values in [0.01, 0.01]" in lines
+    # The bundled model's contract predates these fields: it keeps today's conventions.
+    bundled = artifact.read(Path(__file__).parents[1] / "ddpm/assets/digits.onnx")
+    assert "timestep_spacing" not in bundled.schedule
+    sc = bundled.schedule_config
+    assert (sc.timestep_spacing, sc.ddim_prev_timestep, sc.clipped_eps) == \
+        ("leading", "next_visited", True)
+    assert step_table(sc, 10, sampler="ddim").timesteps.tolist() == list(range(900, -1, -100))

@@ -396,3 +396,21 @@ def test_unreachable_chains_are_refused():
     zsnr = S.ScheduleConfig(rescale_betas_zero_snr=True, timestep_spacing="trailing")
     with pytest.raises(ConfigError, match="zero terminal SNR"):
         S.step_table(zsnr, 10, sampler="ddim")
+
+
+def test_linspace_ddim_sums_follow_the_stored_prev_timestep_convention():
+    # diffusers' DDIM full loop (dummy model, 10 steps, eta 0) with timestep_spacing="linspace"
+    # sums to 191.2540 (stock float32, measured); the imported convention t - T//N
+    # reproduces it, our own next-visited chain gives 169.4641 by design.
+    theirs = S.ScheduleConfig(timestep_spacing="linspace", clipped_eps=False,
+                              ddim_prev_timestep="t_minus_ratio")
+    ours = dataclasses.replace(theirs, ddim_prev_timestep="next_visited")
+    s_theirs, _ = sum_mean(our_loop(S.step_table(theirs, 10, sampler="ddim"), dummy_sample_deter()))
+    s_ours, _ = sum_mean(our_loop(S.step_table(ours, 10, sampler="ddim"), dummy_sample_deter()))
+    sched = DDIMScheduler(timestep_spacing="linspace")
+    sched.set_timesteps(10)
+    x = torch.from_numpy(dummy_sample_deter())
+    for t in sched.timesteps:
+        x = sched.step(x * t / (t + 1), t, x, 0.0).prev_sample
+    assert abs(s_theirs - float(x.abs().sum())) < 1e-2, (s_theirs, float(x.abs().sum()))
+    assert abs(s_ours - 169.4641) < 1e-2, s_ours
