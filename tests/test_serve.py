@@ -157,10 +157,11 @@ def test_repo_server_shuts_down_cleanly(repo_server):
         os.kill(pid, 0)
 
 
-@pytest.mark.parametrize("source", ["--model", "--repository"])
-def test_ddpm_serve_end_to_end(local, tmp_path, source):
+@pytest.mark.parametrize(("source", "sig"), [("--model", signal.SIGTERM),
+                                            ("--repository", signal.SIGINT)])
+def test_ddpm_serve_end_to_end(local, tmp_path, source, sig):
     """ddpm-serve on a model file or an exported repository: ready, same images, errors, and
-    exit 0 on SIGTERM."""
+    exit 0 on SIGTERM or SIGINT (Ctrl-C)."""
     from ddpm.export.triton_repo import write_triton_repo
 
     target = MODEL
@@ -184,7 +185,7 @@ def test_ddpm_serve_end_to_end(local, tmp_path, source):
             time.sleep(0.3)
         _check_concurrent_clients(http_port, grpc_port, local)
         _check_bad_requests(http_port, grpc_port, local)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         assert proc.wait(timeout=60) == 0
         out = proc.stdout.read()
         assert "stopped (tritonserver exit code 0)" in out, out
