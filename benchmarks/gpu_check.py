@@ -59,12 +59,6 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def ort_has_cuda() -> bool:
-    import onnxruntime as ort
-
-    return "CUDAExecutionProvider" in ort.get_available_providers()
-
-
 # -- shared inputs --------------------------------------------------------------------------
 def prepare(folder: Path, variants: bool = False) -> Path:
     """The bundled digits model plus its v2 step graph in ``folder`` (needs onnx); with
@@ -108,14 +102,6 @@ def max_ulp(a: np.ndarray, b: np.ndarray) -> int:
         i = np.ascontiguousarray(x, np.float32).view(np.int32).astype(np.int64)
         return np.where(i < 0, -(i & 0x7FFFFFFF), i)
     return int(np.abs(ordered(a) - ordered(b)).max()) if a.size else 0
-
-
-def sample(model: Path, *, loop: str, device: str = "cpu", n: int = 5, batch: int = 2,
-           steps: int = 8, sampler: str = "ddpm", guidance: float = 3.0, **kw):
-    from ddpm.runtime import Sampler
-
-    with Sampler.from_path(model, device=device, loop=loop, num_threads=kw.pop("threads", 1), **kw) as s:
-        return s.sample(n, steps=steps, sampler=sampler, guidance=guidance, seed=3, batch_size=batch).samples
 
 
 # -- checks ---------------------------------------------------------------------------------
@@ -233,123 +219,14 @@ def philox_bits(ctx):
     return {"ok": all(rows.values()), "mode": mode, "bit_identical": rows}
 
 
-@check("update_bandwidth", 120)
-def bandwidth(ctx):
-    """Fused update (Philox) GB/s vs a device-to-device copy, at 2^26 fp32 (256 MB)."""
-    import torch
+def _register_cuda_checks() -> None:
+    import gpu_check_cuda  # beside this script, on sys.path when it runs
 
-    from ddpm.kernels.fused import fused_step
-    from ddpm.schedule import ScheduleConfig, step_table
-
-    n = 1 << 26
-    table = step_table(ScheduleConfig(), 50, sampler="ddpm")
-    out, x, prev = (torch.randn(n, device="cuda") for _ in range(3))
-
-    def timed(fn, reps=20):
-        fn()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / reps
-
-    copy = timed(lambda: prev.copy_(x))
-    fused = timed(lambda: fused_step(table, 10, out, x, seed=1, out=prev, return_x0=False))
-    gbs_copy, gbs_fused = 8 * n / copy / 1e9, 12 * n / fused / 1e9  # bytes moved at least
-    return {"ok": gbs_fused >= 0.85 * gbs_copy, "copy_GBps": gbs_copy, "fused_GBps": gbs_fused,
-            "ratio": gbs_fused / gbs_copy, "goal": 0.85}
+    for name, seconds, fn in gpu_check_cuda.CHECKS:
+        check(name, seconds)(fn)
 
 
-@check("ort_cuda_device_loop_vs_cpu", 180)
-def ort_cuda_vs_cpu(ctx):
-    """ORT CUDA device loop vs CPU EP images, TF32 off (fp32 tolerance) and on (reported)."""
-    if not ort_has_cuda():
-        return {"ok": False, "error": "onnxruntime has no CUDAExecutionProvider (install the onnxruntime-gpu wheel)"}
-    ref = sample(ctx["model"], loop="host")
-    off = sample(ctx["model"], loop="device", device="cuda")
-    on = sample(ctx["model"], loop="device", device="cuda", tf32=True)
-    d_off, d_on = float(np.abs(off - ref).max()), float(np.abs(on - ref).max())
-    return {"ok": d_off <= 1e-3, "max_abs_tf32_off": d_off, "max_abs_tf32_on": d_on, "atol_off": 1e-3}
-
-
-@check("cuda_graph_on_off", 240)
-def cuda_graph_on_off(ctx):
-    """CUDA graph replay == plain runs, across a batch change and a guidance change."""
-    if not ort_has_cuda():
-        return {"ok": False, "error": "onnxruntime has no CUDAExecutionProvider"}
-    from ddpm.runtime import Sampler
-
-    rows = {}
-    plain = Sampler.from_path(ctx["model"], device="cuda", loop="device")
-    graph = Sampler.from_path(ctx["model"], device="cuda", loop="device", cuda_graph=True)
-    for n, b, w in ((8, 4, 3.0), (5, 2, 3.0), (8, 4, 1.0), (8, 4, 3.0)):  # batch, then CFG change
-        kw = dict(steps=10, seed=1, batch_size=b, guidance=w)
-        rows[f"n={n} b={b} w={w}"] = float(np.abs(plain.sample(n, **kw).samples - graph.sample(n, **kw).samples).max())
-    return {"ok": max(rows.values()) <= 1e-5, "max_abs_diff": rows}
-
-
-@check("torch_backends_cuda_vs_cpu", 180)
-def torch_backends(ctx):
-    """torch eager on CUDA vs CPU, same random weights of the bundled architecture."""
-    import torch
-
-    from ddpm import artifact
-    from ddpm.models import build
-
-    c = artifact.read(ctx["model"])
-    torch.manual_seed(0)
-    net = build(c.arch, dict(c.model_config)).eval()
-    x = torch.randn(8, *c.image_shape)
-    t = torch.randint(0, 1000, (8,))
-    y = torch.randint(0, max(c.num_classes, 1), (8,)) if c.num_classes else None
-    with torch.no_grad():
-        args = (x, t) if y is None else (x, t, y)
-        cpu = net(*args)
-        gpu = net.cuda()(*(a.cuda() for a in args)).cpu()
-        ts = torch.jit.trace(net, tuple(a.cuda() for a in args))(*(a.cuda() for a in args)).cpu()
-    as_t = lambda o: o.sample if hasattr(o, "sample") else (o[0] if isinstance(o, tuple) else o)  # noqa: E731
-    d = float((as_t(cpu) - as_t(gpu)).abs().max())
-    d_ts = float((as_t(cpu) - as_t(ts)).abs().max())
-    return {"ok": max(d, d_ts) <= 1e-3, "torch_cuda_vs_cpu": d, "torchscript_cuda_vs_cpu": d_ts}
-
-
-@check("fp16_and_optimize_cuda", 180)
-def fp16_optimize(ctx):
-    """fp16 and --optimize cuda graphs vs the fp32 graph, host loop on the CUDA EP."""
-    if not ort_has_cuda():
-        return {"ok": False, "error": "onnxruntime has no CUDAExecutionProvider"}
-    model = ctx["model"]
-    opt = model.with_name("model_optimized_cuda.onnx")
-    if not (model.with_name("model_fp16.onnx").is_file() and opt.is_file()):
-        return {"ok": False, "error": f"not run: {model.parent} lacks the fp16/optimized graphs "
-                                      "(run --prepare DIR where onnx is installed, pass --assets DIR)"}
-    ref = sample(model, loop="host", device="cuda", steps=20)
-    d16 = float(np.abs(sample(model, loop="host", device="cuda", steps=20, precision="fp16") - ref).max())
-    dopt = float(np.abs(sample(opt, loop="host", device="cuda", steps=20) - ref).max())
-    # fp16 rounding compounds over a chain; 0.05 of the [-1, 1] range is the fp16 export's gate
-    return {"ok": d16 <= 0.05 and dopt <= 1e-3, "fp16_max_abs": d16, "optimized_max_abs": dopt}
-
-
-@check("timings", 420)
-def timings(ctx):
-    """Seconds per 50-step sample at B = 1, 16, 64 for each contender; host time per step."""
-    if not ort_has_cuda():
-        return {"ok": False, "error": "onnxruntime has no CUDAExecutionProvider"}
-    from ddpm.runtime import Sampler
-
-    rows: dict[str, dict[str, float]] = {}
-    variants = {"ort_host": dict(loop="host"), "device": dict(loop="device"),
-                "device_cuda_graph": dict(loop="device", cuda_graph=True)}
-    for name, kw in variants.items():
-        with Sampler.from_path(ctx["model"], device="cuda", **kw) as s:
-            for b in (1, 16, 64):
-                s.sample(b, steps=2, batch_size=b)  # sessions, buffers, capture: untimed
-                t0 = time.perf_counter()
-                s.sample(b, steps=50, batch_size=b)
-                rows.setdefault(name, {})[f"B={b}"] = time.perf_counter() - t0
-    return {"ok": True, "seconds_per_50_steps": rows,
-            "not_timed": "torch eager / torch.compile / TorchScript CUDA / Triton path: see bench_step.py"}
+_register_cuda_checks()
 
 
 # -- driver ---------------------------------------------------------------------------------
@@ -389,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--assets", type=Path, default=None, help="a --prepare folder (when onnx is missing)")
     ap.add_argument("--only", default=None, help="comma list of check names")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default $OUT/gpu_check.json)")
+    ap.add_argument("--budget", type=float, default=450.0, help="seconds for all checks together")
     args = ap.parse_args(argv)
     if args.prepare is not None:
         print(prepare(args.prepare, variants=True))
@@ -402,13 +280,17 @@ def main(argv: list[str] | None = None) -> int:
         only = set(args.only.split(",")) if args.only else None
         ctx = {"model": model}
         results = {}
+        deadline = t0 + args.budget
         for name, seconds, cpu_meaning, fn in CHECKS:
             if only is not None and name not in only:
                 continue
+            left = deadline - time.perf_counter()
             if not cpu_meaning and (args.cpu_dry_run or not cuda):
                 results[name] = {"ok": None, "skipped": NO_CUDA if not cuda else "not run: --cpu-dry-run"}
+            elif left < 10:
+                results[name] = {"ok": False, "error": f"not run: the {args.budget:.0f} s budget is spent"}
             else:
-                results[name] = run_check(fn, seconds, ctx)
+                results[name] = run_check(fn, min(seconds, left), ctx)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = {"command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv),
