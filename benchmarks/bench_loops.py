@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             "what": "host loop vs device loop (v2 step graph, IO binding), ORT CPU EP, bundled digits model",
             "command": "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:] if argv is None else argv),
             "cpu": cpuinfo.cpu_facts(),
+            "lscpu": _lscpu(),
             "load_average_1_5_15": list(os.getloadavg()),  # a shared box: say how busy it was
             "batch": args.batch, "steps": args.steps, "threads": args.threads,
             "seconds": times, "median_seconds": med,
@@ -80,6 +81,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def _lscpu() -> dict[str, str]:
+    """lscpu's model name and full flag list (the results must name the machine)."""
+    import subprocess
+
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    keep = ("Model name", "CPU(s)", "Thread(s) per core", "Flags")
+    rows = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {k.strip(): v.strip() for k, v in rows if k.strip() in keep}
 
 
 if __name__ == "__main__":
