@@ -36,10 +36,16 @@ SPACINGS = ("leading", "trailing", "linspace")
 #: t - T//N (diffusers' DDIMScheduler). They differ only for linspace spacing and for
 #: trailing spacing with T not divisible by N.
 PREV_TIMESTEPS = ("next_visited", "t_minus_ratio")
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpm++2m", "mix")
+#: What a model was trained on: the DDPM objective, or seeds/001's corrupt() (see solvers.py).
+OBJECTIVES = ("diffusion", "corrupt")
+#: x_T distributions a StepTable can ask for (``StepTable.init_noise``).
+INIT_NOISES = ("gaussian", "uniform")
+#: The objective each sampler needs; step_table refuses the others.
+SAMPLER_OBJECTIVE = {"ddpm": "diffusion", "ddim": "diffusion", "dpm++2m": "diffusion", "mix": "corrupt"}
 
 #: Column order of :meth:`StepTable.as_array`; kernels and ONNX graphs index by position.
-TABLE_COLUMNS = ("x0_xt", "x0_out", "c_x0", "c_xt", "c_out", "sigma")
+TABLE_COLUMNS = ("x0_xt", "x0_out", "c_x0", "c_xt", "c_out", "sigma", "c_prev")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -75,6 +81,7 @@ class ScheduleConfig:
     sample_max_value: float = 1.0
     rescale_betas_zero_snr: bool = False  # Lin et al. 2023, Algorithm 1
     trained_betas: tuple[float, ...] | None = None  # explicit β_1..β_T; beta_schedule unused
+    objective: str = "diffusion"  # see OBJECTIVES; "corrupt" models predict x_0 (sample)
 
     def __post_init__(self) -> None:
         if int(self.num_train_timesteps) < 1:
@@ -86,6 +93,12 @@ class ScheduleConfig:
         _check_choice("variance_type", self.variance_type, VARIANCE_TYPES)
         _check_choice("timestep_spacing", self.timestep_spacing, SPACINGS)
         _check_choice("ddim_prev_timestep", self.ddim_prev_timestep, PREV_TIMESTEPS)
+        _check_choice("objective", self.objective, OBJECTIVES)
+        if self.objective == "corrupt" and self.prediction_type != "sample":
+            raise ConfigError(
+                f"objective 'corrupt' trains the model to predict the clean image, so its "
+                f"prediction_type must be 'sample', got {self.prediction_type!r}"
+            )
         if self.clip_sample_range <= 0:
             raise ConfigError(f"clip_sample_range must be > 0, got {self.clip_sample_range}")
         if isinstance(self.steps_offset, bool) or int(self.steps_offset) != self.steps_offset \
@@ -243,9 +256,23 @@ class StepTable:
     thresholding: bool = False
     dynamic_thresholding_ratio: float = 0.995
     sample_max_value: float = 1.0
+    #: Weight of the previous step's x̂0 (multistep samplers; None = zeros for the others).
+    c_prev: np.ndarray | None = None
+    #: x_T distribution: "gaussian" N(0, I), or "uniform" over the model's value range.
+    init_noise: str = "gaussian"
+
+    def __post_init__(self) -> None:
+        if self.c_prev is None:
+            object.__setattr__(self, "c_prev", np.zeros(len(self.timesteps)))
+        _check_choice("init_noise", self.init_noise, INIT_NOISES)
 
     def __len__(self) -> int:
         return len(self.timesteps)
+
+    @property
+    def multistep(self) -> bool:
+        """True when some step reads the previous step's x̂0 (``c_prev`` not all zero)."""
+        return bool(np.any(self.c_prev != 0))
 
     def requires_host_step(self) -> bool:
         """True when :func:`step` does more than the linear table form (a per-sample
@@ -253,9 +280,8 @@ class StepTable:
         ONNX step graph, the fused kernel) must refuse such a table."""
         return bool(self.thresholding)
 
-
     def as_array(self, dtype=np.float32) -> np.ndarray:
-        """Coefficients as one (N, 6) array in :data:`TABLE_COLUMNS` order, cast once."""
+        """Coefficients as one (N, 7) array in :data:`TABLE_COLUMNS` order, cast once."""
         cols = [getattr(self, c) for c in TABLE_COLUMNS]
         return np.ascontiguousarray(np.stack(cols, axis=1).astype(dtype))
 
@@ -339,6 +365,9 @@ def step_table(
     _check_choice("sampler", sampler, SAMPLERS)
     if eta < 0:
         raise ConfigError(f"eta must be >= 0, got {eta}")
+    _check_objective(config, sampler)
+    if sampler in ("dpm++2m", "mix"):
+        return _solver_table(config, num_inference_steps, sampler, spacing, eta, timesteps)
     clipped_eps = config.clipped_eps if clipped_eps is None else bool(clipped_eps)
     ts, ac_prev, ac_all = _chain(config, num_inference_steps, sampler, spacing, timesteps)
     ac = ac_all[ts]
@@ -411,6 +440,57 @@ def dynamic_threshold(x0: np.ndarray, ratio: float, max_value: float) -> np.ndar
     return (np.clip(flat, -s, s) / s).reshape(x0.shape)
 
 
+def _check_objective(config: ScheduleConfig, sampler: str) -> None:
+    """Refuse a sampler the model's training objective does not support (one line, the fix)."""
+    need = SAMPLER_OBJECTIVE[sampler]
+    if config.objective != need:
+        fits = [s for s, o in SAMPLER_OBJECTIVE.items() if o == config.objective]
+        raise ConfigError(
+            f"sampler {sampler!r} needs a model trained with objective {need!r}, but this one "
+            f"was trained with {config.objective!r}; pass --sampler {' or '.join(fits)}",
+            field="sampler",
+        )
+
+
+def _solver_table(
+    config: ScheduleConfig, n: int, sampler: str, spacing: str | None, eta: float,
+    timesteps: Sequence[int] | None,
+) -> StepTable:
+    """Table of "dpm++2m" or "mix" from :mod:`ddpm.solvers` (deterministic: no η, σ = 0)."""
+    from ddpm import solvers
+
+    T = config.num_train_timesteps
+    if eta != 0:
+        raise ConfigError(
+            f"eta={eta} applies only to --sampler ddim; {sampler} is deterministic, drop --eta",
+            field="eta",
+        )
+    if timesteps is not None:
+        raise ConfigError(f"explicit timesteps apply only to ddpm and ddim, not {sampler}")
+    if isinstance(n, bool) or int(n) != n or not 1 <= n <= T:
+        raise ConfigError(
+            f"number of inference steps must be between 1 and the training T={T}, got {n}; "
+            f"pass --steps in 1..{T}", field="steps",
+        )
+    if sampler == "mix":
+        ts, cols = solvers.mix_columns(T, n)
+    else:
+        spacing = config.timestep_spacing if spacing is None else spacing
+        _check_choice("timestep spacing", spacing, SPACINGS)
+        ts, cols = solvers.dpmpp2m_columns(config.alphas_cumprod(), n, spacing)
+    x0_xt, x0_out = _x0_coefficients(config.prediction_type, config.alphas_cumprod()[ts])
+    zeros = np.zeros(len(ts))
+    return StepTable(
+        sampler=sampler, prediction_type=config.prediction_type, timesteps=ts,
+        x0_xt=x0_xt, x0_out=x0_out, c_x0=cols["c_x0"], c_xt=cols["c_xt"], c_out=zeros,
+        sigma=zeros, clip_sample=bool(config.clip_sample),
+        clip_sample_range=float(config.clip_sample_range), thresholding=bool(config.thresholding),
+        dynamic_thresholding_ratio=float(config.dynamic_thresholding_ratio),
+        sample_max_value=float(config.sample_max_value), c_prev=cols.get("c_prev", zeros),
+        init_noise="uniform" if sampler == "mix" else "gaussian",
+    )
+
+
 def step(
     table: StepTable,
     i: int,
@@ -443,6 +523,15 @@ def step(
         x0 = np.clip(x0, -table.clip_sample_range, table.clip_sample_range)
     # 3. posterior mean (DDPM eq. 7) or DDIM direction (DDIM eq. 12)
     prev = r["c_x0"] * x0 + r["c_xt"] * xt + r["c_out"] * out
+    # 3b. multistep term: the previous step's x̂0 (DPM-Solver++(2M); zero weight otherwise)
+    if r["c_prev"] != 0.0:
+        if prev_x0 is None or prev_x0.shape != x_t.shape:
+            got = None if prev_x0 is None else prev_x0.shape
+            raise ConfigError(
+                f"step {i} of {table.sampler} needs the previous step's x̂0 of shape "
+                f"{x_t.shape} as prev_x0, got {got}; pass the x̂0 that step {i - 1} returned"
+            )
+        prev = prev + r["c_prev"] * prev_x0.astype(np.float64)
     # 4. add σ_t·z
     if r["sigma"] != 0.0:
         if noise is None:

@@ -29,10 +29,12 @@ from ddpm.schedule import ScheduleConfig, StepTable, step_table
 
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = (("ddpm", "fixed_small", 0.0), ("ddpm", "fixed_large", 0.0),
-            ("ddim", "fixed_small", 0.0), ("ddim", "fixed_small", 1.0))  # fmt: skip
+            ("ddim", "fixed_small", 0.0), ("ddim", "fixed_small", 1.0),
+            ("dpm++2m", "fixed_small", 0.0))  # fmt: skip
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
 N_STEPS = 20
 STEPS = (0, N_STEPS // 2, N_STEPS - 1)  # first, middle, last (sigma = 0 for DDPM)
+# The middle DPM-Solver++ step is second order: it reads prev_x0 (c_prev != 0).
 
 
 def matrix_cases() -> list[str]:
@@ -77,12 +79,13 @@ def _child_matrix(fused_step, ref_step, randn) -> dict:
         table, i, b = parse_case(case)
         shape = (b, 3, 7, 5)  # 105 elements per sample: never a multiple of the block
         out, xt = _inputs(shape, len(res))
+        px0 = _inputs(shape, 1000 + len(res))[0].clamp(-1, 1)  # a previous (clipped) x̂0
         z = torch.from_numpy(randn(shape, seed=11, step=i))
-        p_load, x0_load = fused_step(table, i, out, xt, z, block_size=128)
-        p_rng, x0_rng = fused_step(table, i, out, xt, seed=11, block_size=128)
-        p_ref, x0_ref = ref_step(table, i, out, xt, z)
+        p_load, x0_load = fused_step(table, i, out, xt, z, block_size=128, prev_x0=px0)
+        p_rng, x0_rng = fused_step(table, i, out, xt, seed=11, block_size=128, prev_x0=px0)
+        p_ref, x0_ref = ref_step(table, i, out, xt, z, px0)
         p_np, x0_np = np_step(table, i, out.double().numpy(), xt.double().numpy(),
-                              z.double().numpy())  # fmt: skip
+                              z.double().numpy(), prev_x0=px0.double().numpy())  # fmt: skip
         r = table.row(i)
         s = np.abs(r["x0_xt"] * xt.double().numpy()) + np.abs(r["x0_out"] * out.double().numpy())
         res[case] = {
@@ -161,11 +164,53 @@ def _child_features(fused_step, ref_step, randn) -> dict:
     guided = out2[2:] + w * (out2[:2] - out2[2:])
     p_ref, x0_ref = ref_step(ddim, i, guided, xt, torch.from_numpy(randn(xt.shape, seed=8, step=i)))
     res["cfg"] = {"prev": _max(p - p_ref), "x0": _max(x0 - x0_ref)}
+    # A whole DPM-Solver++(2M) chain with guidance, each step fed the x̂0 the kernel wrote.
+    dpm = step_table(ScheduleConfig(), 8, sampler="dpm++2m")
+    xk = xr = _inputs((2, 3, 7, 7), 9)[1]
+    pk = pr = None
+    worst = 0.0
+    for j in range(len(dpm)):
+        o2 = _inputs((4, 3, 7, 7), 20 + j)[0]
+        xk, pk = fused_step(dpm, j, o2, xk, guidance_scale=w, prev_x0=pk, block_size=64)
+        xr, pr = ref_step(dpm, j, o2[2:] + w * (o2[:2] - o2[2:]), xr, None, pr)
+        worst = max(worst, _max(xk - xr), _max(pk - pr))
+    res["dpm_chain"] = {"err": worst, "multistep": dpm.multistep}
+    # The seed "mix" sampler (a corrupt-objective table) on a sample-prediction output.
+    mix = step_table(ScheduleConfig(prediction_type="sample", objective="corrupt"), 6,
+                     sampler="mix")  # fmt: skip
+    out, xt = _inputs((2, 1, 9, 9), 10)
+    p, x0 = fused_step(mix, 2, out, xt, block_size=64)
+    p_ref, x0_ref = ref_step(mix, 2, out, xt, None)
+    res["mix"] = {"prev": _max(p - p_ref), "x0": _max(x0 - x0_ref)}
+    # tl.rand equals ddpm.noise.rand element for element (the mix sampler's x_T draw).
+    res["rand"] = {"err": _child_rand()}
     return res
+
+
+def _child_rand() -> float:
+    import triton
+    import triton.language as tl
+
+    from ddpm.noise import rand, triton_seed
+
+    def fill(out_ptr, n, seed, offset, BLOCK: tl.constexpr):
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, tl.rand(seed, offs + offset), mask=offs < n)
+
+    kernel = triton.jit(fill)
+    worst = 0.0
+    for seed, step, off in ((0, 0, 0), (2**32 - 1, 5, 2**32 - 70), (7, 2**31 - 1, 3)):
+        got = torch.empty(3 * 67)
+        kernel[(triton.cdiv(got.numel(), 64),)](got, got.numel(), triton_seed(seed, step), off,
+                                                BLOCK=64)  # fmt: skip
+        want = torch.from_numpy(rand(got.numel(), seed=seed, step=step, offset=off))
+        worst = max(worst, _max(got - want))
+    return worst
 
 
 def _child_bad_inputs(fused_step) -> dict:
     table = step_table(ScheduleConfig(), N_STEPS, sampler="ddpm")
+    dpm = step_table(ScheduleConfig(), N_STEPS, sampler="dpm++2m")
     x = torch.zeros(2, 3, 4, 4)
     cases = {
         "step_out_of_range": lambda: fused_step(table, N_STEPS, x, x, seed=0),
@@ -183,6 +228,8 @@ def _child_bad_inputs(fused_step) -> dict:
         "cfg_batch": lambda: fused_step(table, 1, x, x, seed=0, guidance_scale=2.0),
         "out_dtype": lambda: fused_step(table, 1, x, x, seed=0, out=x.half()),
         "block_size": lambda: fused_step(table, 1, x, x, seed=0, block_size=100),
+        "no_prev_x0": lambda: fused_step(dpm, 1, x, x),
+        "prev_x0_shape": lambda: fused_step(dpm, 1, x, x, prev_x0=x[:1]),
     }
     res = {}
     for name, fn in cases.items():
@@ -213,12 +260,15 @@ def _child_aot() -> None:
     from ddpm.kernels import fused as fs
 
     kernel = fs._kernel()
-    scalars = ("x0_xt", "x0_out", "c_x0", "c_xt", "c_out", "sigma", "clip_range", "guidance")
+    scalars = ("x0_xt", "x0_out", "c_x0", "c_xt", "c_out", "sigma", "c_prev", "clip_range",
+               "guidance")  # fmt: skip
     res = {}
-    for dt, clip, noise, cfg, seed_ty in (("fp32", True, 2, False, "i64"), ("fp16", False, 1, True, "i32"),
-                                          ("bf16", True, 0, False, "u32")):  # fmt: skip
-        const = {"CLIP": clip, "NOISE": noise, "CFG": cfg, "WRITE_X0": True, "BLOCK_SIZE": 1024}
-        sig = {p: "*" + dt for p in ("out_ptr", "xt_ptr", "z_ptr", "prev_ptr", "x0_ptr")}
+    for dt, clip, noise, cfg, seed_ty, prev in (("fp32", True, 2, False, "i64", False),
+                                                ("fp16", False, 1, True, "i32", True),
+                                                ("bf16", True, 0, False, "u32", True)):  # fmt: skip
+        const = {"CLIP": clip, "NOISE": noise, "CFG": cfg, "WRITE_X0": True, "PREV": prev,
+                 "BLOCK_SIZE": 1024}  # fmt: skip
+        sig = {p: "*" + dt for p in ("out_ptr", "xt_ptr", "z_ptr", "prev_ptr", "x0_ptr", "px0_ptr")}
         sig |= {"n_elements": "i32", **dict.fromkeys(scalars, "fp32"), "seed": seed_ty,
                 "noise_offset": "i64", **dict.fromkeys(const, "constexpr")}  # fmt: skip
         compiled = triton.compile(ASTSource(kernel, sig, const), target=GPUTarget("cuda", 90, 32))
@@ -319,6 +369,19 @@ def test_classifier_free_guidance_batched_layout(kernel_results: dict) -> None:
     assert f["prev"] <= 1e-6 and f["x0"] <= 1e-6, f
 
 
+@needs_triton
+def test_dpmpp2m_chain_feeds_the_kernels_own_x0_back(kernel_results: dict) -> None:
+    f = kernel_results["features"]["dpm_chain"]
+    assert f["multistep"] and f["err"] <= 1e-5, f
+
+
+@needs_triton
+def test_mix_step_and_uniform_draw_match(kernel_results: dict) -> None:
+    f = kernel_results["features"]
+    assert f["mix"]["prev"] <= 1e-6 and f["mix"]["x0"] <= 1e-6, f["mix"]
+    assert f["rand"]["err"] == 0.0, f["rand"]
+
+
 BAD = {
     "step_out_of_range": ("ConfigError", "out of range"),
     "negative_step": ("ConfigError", "out of range"),
@@ -336,6 +399,8 @@ BAD = {
     "out_dtype": ("ValueError", "out must match"),
     "block_size": ("ValueError", "power of two"),
     "cpu_not_cuda": ("ValueError", "needs CUDA tensors"),
+    "no_prev_x0": ("ValueError", "pass prev_x0="),
+    "prev_x0_shape": ("ValueError", "prev_x0 shape"),
 }
 
 

@@ -1,4 +1,4 @@
-"""One fused Triton kernel for a whole DDPM / DDIM sampler step.
+"""One fused Triton kernel for a whole DDPM / DDIM / DPM-Solver++(2M) / mix sampler step.
 
 Reads the model output and x_t once and writes x_{t-1} (and optionally x̂0) once, doing
 in registers what the unfused torch reference does in ~8 full-tensor passes::
@@ -6,9 +6,11 @@ in registers what the unfused torch reference does in ~8 full-tensor passes::
     out  = out_u + w * (out_c - out_u)                   # optional classifier-free guidance
     x0   = clip(x0_xt * x_t + x0_out * out)                # DDPM eq. 15 and analogues
     prev = c_x0 * x0 + c_xt * x_t + c_out * out + sigma * z   # DDPM eq. 7 / DDIM eq. 12
+    prev += c_prev * prev_x0                               # multistep (DPM-Solver++(2M)) only
 
 The coefficients come from one row of a :class:`ddpm.schedule.StepTable`, so one kernel
-serves every prediction type (epsilon, sample, v) and sampler (DDPM, DDIM with any eta).
+serves every prediction type (epsilon, sample, v) and sampler (DDPM, DDIM with any eta,
+DPM-Solver++(2M), whose ``prev_x0`` is the x̂0 the previous step wrote, and the seed "mix").
 z is loaded from memory or generated in-kernel with ``tl.randn`` keyed exactly like
 :func:`ddpm.noise.randn` (seed, step = loop index i, counter = noise_offset + element).
 
@@ -47,6 +49,7 @@ def _fused_step(
     z_ptr,  # noise to load when NOISE == 1 (any pointer otherwise; never read)
     prev_ptr,  # x_{t-1} output; may be xt_ptr for an in-place update
     x0_ptr,  # x̂0 output when WRITE_X0 (any pointer otherwise; never written)
+    px0_ptr,  # previous step's x̂0 when PREV (any pointer otherwise; never read)
     n_elements,  # numel of x_t; the unconditional half starts this far into out_ptr
     x0_xt,  # table column x0_xt[i], fp32
     x0_out,  # table column x0_out[i], fp32
@@ -54,6 +57,7 @@ def _fused_step(
     c_xt,  # table column c_xt[i], fp32
     c_out,  # table column c_out[i], fp32
     sigma,  # table column sigma[i], fp32
+    c_prev,  # table column c_prev[i], fp32
     clip_range,  # |x̂0| bound when CLIP
     guidance,  # CFG weight w when CFG
     seed,  # Philox seed, (step << 32) | seed32, as ddpm.noise.triton_seed
@@ -62,6 +66,7 @@ def _fused_step(
     NOISE: tl.constexpr,  # 0 none (sigma == 0), 1 load z_ptr, 2 Philox in-kernel
     CFG: tl.constexpr,  # model output holds cond and uncond halves
     WRITE_X0: tl.constexpr,  # also store x̂0
+    PREV: tl.constexpr,  # add c_prev * previous x̂0 (c_prev[i] != 0)
     BLOCK_SIZE: tl.constexpr,  # elements per program
 ):
     pid = tl.program_id(axis=0)
@@ -77,6 +82,9 @@ def _fused_step(
     if CLIP:
         x0 = tl.minimum(tl.maximum(x0, -clip_range), clip_range)
     prev = c_x0 * x0 + c_xt * xt + c_out * out
+    if PREV:
+        px0 = tl.load(px0_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        prev = prev + c_prev * px0
     if NOISE == 1:
         z = tl.load(z_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         prev = prev + sigma * z
@@ -141,6 +149,7 @@ def fused_step(
     guidance_scale: float | None = None,
     out: torch.Tensor | None = None,
     return_x0: bool = True,
+    prev_x0: torch.Tensor | None = None,
     block_size: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Loop step ``i`` of ``table`` in one kernel launch: returns (x_prev, x̂0 or None).
@@ -149,7 +158,9 @@ def fused_step(
     as ``ddpm.noise.randn(x_t.shape, seed=seed, step=i, offset=noise_offset)``; neither is
     needed where ``sigma[i] == 0``. ``guidance_scale`` enables classifier-free guidance
     with ``model_output`` of batch 2B (cond first, then uncond; see the module docstring).
-    ``out=x_t`` updates in place. Outputs have x_t's dtype; the math is float32.
+    ``out=x_t`` updates in place. ``prev_x0`` is the x̂0 step ``i - 1`` returned (a
+    tensor like x_t), needed where ``c_prev[i] != 0`` (DPM-Solver++(2M); ignored elsewhere).
+    Outputs have x_t's dtype; the math is float32.
     """
     r = coefficients(table, i)  # ConfigError (a ValueError) when i is out of range
     x_t = _check_tensor("x_t", x_t, None)
@@ -189,6 +200,16 @@ def fused_step(
             raise ValueError(
                 f"step {i} has sigma={r['sigma']:.3g} > 0: pass noise=... or seed=..."
             )
+    use_prev = r["c_prev"] != 0.0
+    if use_prev:
+        if prev_x0 is None:
+            raise ValueError(
+                f"step {i} of {table.sampler} reads the previous step's x̂0: pass prev_x0=... "
+                f"(the x̂0 that step {i - 1} returned)"
+            )
+        prev_x0 = _check_tensor("prev_x0", prev_x0, x_t.device)
+        if tuple(prev_x0.shape) != shape:
+            raise ValueError(f"prev_x0 shape {tuple(prev_x0.shape)} does not match x_t {shape}")
     n = x_t.numel()
     if isinstance(noise_offset, bool) or not isinstance(noise_offset, numbers.Integral):
         raise TypeError(f"noise_offset must be an int, got {noise_offset!r}")
@@ -213,8 +234,9 @@ def fused_step(
         noise if mode == NOISE_LOAD else x_t,
         out,
         x0 if x0 is not None else out,
+        prev_x0 if use_prev else x_t,
         n,
-        r["x0_xt"], r["x0_out"], r["c_x0"], r["c_xt"], r["c_out"], r["sigma"],
+        r["x0_xt"], r["x0_out"], r["c_x0"], r["c_xt"], r["c_out"], r["sigma"], r["c_prev"],
         float(table.clip_sample_range),
         float(guidance_scale) if cfg else 0.0,
         seed64,
@@ -223,6 +245,7 @@ def fused_step(
         NOISE=mode,
         CFG=cfg,
         WRITE_X0=return_x0,
+        PREV=use_prev,
         BLOCK_SIZE=block_size,
         enable_fp_fusion=False,  # no FMA contraction: the same roundings as the CPU paths
     )  # fmt: skip

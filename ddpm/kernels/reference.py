@@ -1,5 +1,6 @@
 """Torch reference of one sampler step (DDPM, Ho et al. 2020 eq. 7/15; DDIM, Song et al.
-2021 eq. 12), read from a :class:`ddpm.schedule.StepTable`.
+2021 eq. 12; DPM-Solver++(2M), Lu et al. 2022; seeds/001's mix), read from a
+:class:`ddpm.schedule.StepTable`.
 
 The unfused baseline the Triton kernel is checked and benchmarked against. It evaluates
 the table's linear form (see :mod:`ddpm.schedule`) in float32 with the coefficients cast
@@ -17,7 +18,16 @@ from ddpm.schedule import StepTable
 
 
 def coefficients(table: StepTable, i: int) -> dict[str, float]:
-    """Row ``i`` of the table rounded to float32 (as Python floats, for kernel arguments)."""
+    """Row ``i`` of the table rounded to float32 (as Python floats, for kernel arguments).
+
+    Refuses a table whose step is more than the linear form (dynamic thresholding).
+    """
+    if table.requires_host_step():
+        raise ConfigError(
+            f"the {table.sampler} table uses dynamic thresholding (a per-sample quantile of x̂0), "
+            "which the fused kernel and this reference do not compute; sample with "
+            "ddpm.schedule.step on the host, or turn thresholding off"
+        )
     return {k: float(np.float32(v)) for k, v in table.row(i).items()}
 
 
@@ -27,10 +37,12 @@ def step(
     model_output: torch.Tensor,
     x_t: torch.Tensor,
     noise: torch.Tensor | None,
+    prev_x0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_prev, x0) for loop step ``i``; fp32 math, outputs in ``x_t``'s dtype.
 
     ``noise`` is z ~ N(0, I) of x_t's shape; it may be None only where ``sigma[i] == 0``.
+    ``prev_x0`` is the x0 step ``i - 1`` returned; needed only where ``c_prev[i] != 0``.
     """
     r = coefficients(table, i)  # validates i
     if model_output.shape != x_t.shape:
@@ -45,8 +57,14 @@ def step(
             raise ConfigError(
                 f"noise shape {tuple(noise.shape)} does not match x_t shape {tuple(x_t.shape)}"
             )
+    if r["c_prev"] != 0.0 and (prev_x0 is None or prev_x0.shape != x_t.shape):
+        got = None if prev_x0 is None else tuple(prev_x0.shape)
+        raise ConfigError(
+            f"step {i} of {table.sampler} needs the previous step's x̂0 of shape "
+            f"{tuple(x_t.shape)} as prev_x0, got {got}"
+        )
     clip = table.clip_sample_range if table.clip_sample else None
-    return apply_row(r, clip, model_output, x_t, noise)
+    return apply_row(r, clip, model_output, x_t, noise, prev_x0)
 
 
 def apply_row(
@@ -55,6 +73,7 @@ def apply_row(
     model_output: torch.Tensor,
     x_t: torch.Tensor,
     noise: torch.Tensor | None,
+    prev_x0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The tensor part of :func:`step` for one coefficient row (no checks; compilable).
 
@@ -69,6 +88,9 @@ def apply_row(
         x0 = x0.clamp(-clip, clip)
     # 3. posterior mean (DDPM) or direction to x_t (DDIM)
     prev = r["c_x0"] * x0 + r["c_xt"] * xt + r["c_out"] * out
+    # 3b. multistep term (DPM-Solver++(2M)): the previous step's x̂0
+    if r.get("c_prev", 0.0) != 0.0 and prev_x0 is not None:
+        prev = prev + r["c_prev"] * prev_x0.float()
     # 4. + sigma * z
     if r["sigma"] != 0.0 and noise is not None:
         prev = prev + r["sigma"] * noise.float()
