@@ -228,3 +228,24 @@ def test_export_with_step_writes_the_v2_graph(uncond_export):
     assert res.paths["step"].name == "model_step.onnx" and c.step_graph["version"] == 2
     rows = [r for rep in res.reports for r in rep.rows if r.backend.startswith("step graph")]
     assert rows and all(r.ok for r in rows)
+
+
+def test_cuda_graph_bookkeeping_on_the_cpu_ep_pads_keeps_buffers_and_ids_per_binding(cond_model):
+    """The --cuda-graph code path minus the capture itself (a CUDA EP feature): last batch
+    padded to the full size, buffers kept per shape set across calls (fixed addresses), one
+    gpu_graph_id per binding, warm-up runs before the first step; a batch change and a
+    guidance change between calls still give the host loop's images."""
+    host, dev = _pair(cond_model)
+    loop = dev._loop
+    loop.cuda_graph = True  # the CPU EP ignores the graph run options; the bookkeeping runs
+    seen = {}
+    for n, b, w in ((5, 2, 3.0), (3, 3, 3.0), (5, 2, 1.0), (5, 2, 3.0)):
+        kw = dict(steps=3, seed=1, batch_size=b, guidance=w)
+        err = float(np.abs(host.sample(n, **kw).samples - dev.sample(n, **kw).samples).max())
+        assert err <= PARITY_ATOL, (n, b, w, err)
+        for key, bufs in loop._buffers.items():
+            assert seen.setdefault(key, bufs) is bufs  # never reallocated
+    assert sorted(k[:2] for k in loop._buffers) == [(2, 2), (2, 4), (3, 6)]  # (B, model batch)
+    ids = [ro.get_run_config_entry("gpu_graph_id") for bufs in loop._buffers.values()
+           for ro in bufs.run_options]
+    assert len(set(ids)) == len(ids) == 6

@@ -281,9 +281,15 @@ class DeviceLoop:
         return x_t
 
     def _capture(self, sess: Any, bufs: _Buffers) -> None:
-        """Run each binding until ORT has captured its graph (it needs a few warm-up runs)."""
+        """Run each binding until ORT has captured its graph (it needs a few warm-up runs).
+
+        Each run starts from step 0 (counter rewritten in place), so a table shorter than
+        the warm-up never gathers past its end; :meth:`_load` then resets the state."""
+        zero = np.zeros(1, np.int64)
         for _ in range(3):
             for j in (0, 1):
+                bufs.bindings[1 - j].synchronize_outputs()
+                bufs.step[j].update_inplace(zero)
                 sess.run_with_iobinding(bufs.bindings[j], bufs.run_options[j])
         bufs.bindings[1].synchronize_outputs()
 
