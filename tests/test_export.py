@@ -38,6 +38,7 @@ def test_preset_exports_both_formats_within_fp32_atol(arch, conditional, exporte
     assert c.arch == arch and c.num_classes == (TINY_NUM_CLASSES if conditional else 0)
     assert c.input_names == (("sample", "timestep", "class_labels") if conditional else ("sample", "timestep"))
     assert read(paths["onnx"]) == c == read(paths["torchscript"])
+    assert "dynamo=True" in c.versions["exporter"], "the dynamo exporter fell back to legacy"
 
 
 def test_onnx_runs_in_plain_onnxruntime_at_batch_1_and_13(exported):
@@ -85,7 +86,7 @@ def test_contract_is_complete_and_read_without_torch(exported):
     assert [(i["name"], i["dtype"]) for i in c["inputs"]] == [
         ("sample", "float32"), ("timestep", "int64"), ("class_labels", "int64")]
     assert set(c["versions"]) >= {"torch", "onnx", "exporter", "opset", "ddpm-toolkit"}
-    assert "dynamo=False" in c["versions"]["exporter"] and c["versions"]["opset"] == "17"
+    assert "dynamo=True" in c["versions"]["exporter"] and c["versions"]["opset"] == "18"
 
 
 def test_torchscript_loads_without_the_ddpm_package(exported, tmp_path):

@@ -63,6 +63,9 @@ def batch_range(program) -> tuple[int, int | None]:
             f"torch.export specialised the batch size to {sym}, so the program would accept only "
             "that batch; export with --onnx-exporter legacy and --format onnx,torchscript"
         )
+    from torch.utils._sympy.numbers import int_oo
+
     vr = program.range_constraints.get(sym.node.expr)
-    hi = None if vr is None or not vr.upper.is_finite else int(vr.upper)
-    return 1, (hi if hi is not None and hi < 2**31 else None)
+    if vr is None or vr.upper is int_oo or not vr.upper.is_Integer:
+        return 1, None
+    return 1, (int(vr.upper) if int(vr.upper) < 2**31 else None)

@@ -11,6 +11,8 @@ class of ours.
 with ``torch._inductor.aoti_load_package``. Compiling runs a C++ compiler and takes minutes,
 so it is opt-in. AOTInductor packages have no extra-files argument; the contract is added
 to the zip afterwards at the same ``<archive>/extra/`` path, which the loader ignores.
+Both carry ``BATCH_FILE`` (the largest batch the program accepts, see
+``program.batch_range``); ``ddpm.runtime.engines.pt2`` reads and runs them.
 """
 
 from __future__ import annotations
@@ -23,11 +25,9 @@ from pathlib import Path
 
 from ddpm.artifact import TS_EXTRA_FILE, Contract
 from ddpm.errors import BackendError, ValidationError, first_line
+from ddpm.runtime.engines.pt2 import BATCH_FILE  # the reader defines the archive layout
 
 PT2_SAVER = "torch.export.save"
-#: Extra file beside the contract: ``{"max_batch": int | null}``, the largest batch the
-#: program accepts (see ``program.batch_range``); engines split larger batches.
-BATCH_FILE = "ddpm_pt2.json"
 AOTI_COMPILER = "torch._inductor.aoti_compile_and_package"
 
 
@@ -73,38 +73,3 @@ def compile_aoti(program, path: str | os.PathLike, contract: Contract) -> None:
             zf.writestr(f"{root}/extra/{name}", text)
     if target != p:
         os.replace(target, p)
-
-
-def load_pt2(path: str | os.PathLike, device: str = "cpu"):
-    """A callable ``f(x, t[, y])`` running a model.pt2 (``torch.export.load``) on ``device``."""
-    import torch
-
-    with open(path, "rb") as f:
-        module = torch.export.load(f).module()
-    return module.to(device) if device != "cpu" else module
-
-
-def load_aoti(path: str | os.PathLike, device: str = "cpu"):
-    """A callable running an AOTInductor package (compiled for ``device`` at export time)."""
-    import torch
-
-    return torch._inductor.aoti_load_package(str(path))
-
-
-def max_batch(path: str | os.PathLike) -> int | None:
-    """The largest batch the package at ``path`` accepts (None: any), from :data:`BATCH_FILE`."""
-    with zipfile.ZipFile(path) as zf:
-        names = [n for n in zf.namelist() if n.endswith("/extra/" + BATCH_FILE)]
-        if not names:
-            return None
-        value = json.loads(zf.read(names[0])).get("max_batch")
-    return int(value) if value else None
-
-
-def is_aoti_package(path: str | os.PathLike) -> bool:
-    """True for a package holding AOTInductor-compiled code (vs a plain torch.export program)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return any("/data/aotinductor/" in n for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -111,11 +112,11 @@ def torchscript_runner(path: str | os.PathLike) -> Callable[[Batch], np.ndarray]
 
 
 def pt2_runner(path: str | os.PathLike) -> Callable[[Batch], np.ndarray]:
-    """Run a model.pt2 (torch.export program) or an AOTInductor package on CPU."""
-    from ddpm.export import pt2
+    """Run a model.pt2 or AOTInductor package through the runtime's pt2 engine (CPU)."""
+    from ddpm.runtime.engines.pt2 import Pt2Engine
 
-    load = pt2.load_aoti if pt2.is_aoti_package(path) else pt2.load_pt2
-    return torch_runner(load(path))
+    engine = Pt2Engine(Path(path))
+    return lambda b: engine.run(b["sample"], b["timestep"], b.get("class_labels"))
 
 
 def onnx_session(path: str | os.PathLike, spec: GraphSpec, providers=("CPUExecutionProvider",)):

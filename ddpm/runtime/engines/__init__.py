@@ -31,6 +31,7 @@ ENGINES: dict[str, str] = {
     "ort": "ddpm.runtime.engines.ort:OrtEngine",
     "torchscript": "ddpm.runtime.engines.torchscript:TorchScriptEngine",
     "torch": "ddpm.runtime.engines.torch:TorchEngine",
+    "pt2": "ddpm.runtime.engines.pt2:Pt2Engine",
     "openvino": "ddpm.runtime.engines.openvino:OpenVinoEngine",
     "auto": "ddpm.runtime.engines.auto:AutoEngine",
 }
