@@ -219,6 +219,31 @@ def philox_bits(ctx):
     return {"ok": all(rows.values()), "mode": mode, "bit_identical": rows}
 
 
+@check("triton_loop_vs_host", 180, cpu=True)
+def triton_loop(ctx):
+    """--update triton's loop (ORT + fused kernel, in-kernel Philox) vs the host loop, every
+    sampler, CFG on/off, ragged batches: on CUDA, or on the CPU EP + Triton interpreter."""
+    dev, mode = _kernel_device()
+    from ddpm.runtime import Sampler
+    from ddpm.runtime.loops.cuda import TritonLoop
+
+    device = "cuda" if mode == "cuda" else "cpu"
+    host = Sampler.from_path(ctx["model"], loop="host", num_threads=1)
+    tri = Sampler.from_path(ctx["model"], device=device, loop="host", num_threads=1)
+    tri._loop = TritonLoop(tri.engine)  # what --update triton selects on CUDA
+    rows = {}
+    for sampler, w in (("ddpm", 3.0), ("ddim", 1.0), ("dpm++2m", 3.0)):
+        kw = dict(steps=5, seed=1, batch_size=2, guidance=w, sampler=sampler)
+        try:
+            a, b = host.sample(5, **kw).samples, tri.sample(5, **kw).samples
+        except Exception as e:  # a sampler this tree lacks is a row, not a failed check
+            rows[f"{sampler} w={w}"] = f"{type(e).__name__}: {e}"[:120]
+            continue
+        rows[f"{sampler} w={w}"] = float(np.abs(a - b).max())
+    diffs = [v for v in rows.values() if isinstance(v, float)]
+    return {"ok": bool(diffs) and max(diffs) <= 1e-4, "mode": mode, "max_abs_diff": rows}
+
+
 def _register_cuda_checks() -> None:
     import gpu_check_cuda  # beside this script, on sys.path when it runs
 

@@ -2,7 +2,8 @@
 
 It must pass every check that has a CPU meaning (ORT CPU EP device loop vs host loop, CUDA
 graphs refused on the CPU, the Triton kernel under the interpreter vs the torch reference,
-in-kernel Philox vs ddpm/noise.py bit for bit), report the CUDA-only ones as not run (never
+in-kernel Philox vs ddpm/noise.py bit for bit, the --update triton loop on the CPU EP +
+interpreter vs the host loop), report the CUDA-only ones as not run (never
 as passed), and write one JSON to ``$OUT``.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_CHECKS = {"env", "device_loop_cpu_ep", "cuda_graph_refused_on_cpu", "triton_vs_reference",
-              "philox_vs_ddpm_noise"}
+              "philox_vs_ddpm_noise", "triton_loop_vs_host"}
 
 
 def test_gpu_check_cpu_dry_run_passes_its_cpu_checks_and_writes_json(tmp_path):
@@ -33,6 +34,7 @@ def test_gpu_check_cpu_dry_run_passes_its_cpu_checks_and_writes_json(tmp_path):
     assert checks["triton_vs_reference"]["mode"] == "interpreter"
     assert set(checks["triton_vs_reference"]["max_ulp"]) >= {"ddpm", "ddim"}
     assert all(checks["philox_vs_ddpm_noise"]["bit_identical"].values())
+    assert checks["triton_loop_vs_host"]["mode"] == "interpreter"
     gpu_only = set(checks) - CPU_CHECKS
     assert gpu_only >= {"update_bandwidth", "cuda_graph_on_off", "timings", "ort_cuda_device_loop_vs_cpu"}
     if not report["cuda"]:

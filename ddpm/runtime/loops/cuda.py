@@ -49,7 +49,12 @@ class TritonLoop:
     name = "triton"
 
     def __init__(self, engine: Any) -> None:
-        if not available():
+        import os
+
+        # Under TRITON_INTERPRET=1 an engine on the CPU runs this same loop on CPU tensors and
+        # the CPU EP: how CI checks its bindings, CFG copies and noise without a GPU.
+        self.on_gpu = engine.device == "cuda"
+        if not (available() if self.on_gpu else os.environ.get("TRITON_INTERPRET") == "1"):
             raise BackendError(
                 "--update triton needs torch (CUDA build) and triton with a visible GPU; install "
                 '`pip install "ddpm-toolkit[gpu]"` or drop --update triton', field="loop",
@@ -62,14 +67,16 @@ class TritonLoop:
 
         self.engine, self.contract = engine, engine.contract
         self.torch, self.fused_step = torch, fused_step
-        self.dev = torch.device("cuda", 0)
-        self.stream = torch.cuda.current_stream(self.dev)
+        self.dev = torch.device("cuda", 0) if self.on_gpu else torch.device("cpu")
+        self.ort_device = "cuda" if self.on_gpu else "cpu"
         kw = dict(getattr(engine, "session_kw", None) or {})
-        self.session = create_session(
-            engine.path, self.contract, device="cuda", tf32=bool(kw.get("tf32")),
-            cuda_options={"has_user_compute_stream": "1",
-                          "user_compute_stream": str(self.stream.cuda_stream)},
-        )
+        cuda_kw = {}
+        if self.on_gpu:
+            stream = torch.cuda.current_stream(self.dev)
+            cuda_kw = {"tf32": bool(kw.get("tf32")), "cuda_options": {
+                "has_user_compute_stream": "1", "user_compute_stream": str(stream.cuda_stream)}}
+        self.session = create_session(engine.path, self.contract, device=self.ort_device,
+                                      num_threads=getattr(engine, "threads", None), **cuda_kw)
         self.output = self.session.get_outputs()[0].name
         self.run_options = import_ort().RunOptions()
         self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
@@ -80,11 +87,12 @@ class TritonLoop:
             out = torch.zeros((2 if cfg else 1, 1, 1, 16), device=self.dev)
             fused_step(table, 0, out, x, seed=0, guidance_scale=1.0 if cfg else None)
             fused_step(table, 1, out, x, guidance_scale=1.0 if cfg else None)
-        torch.cuda.synchronize(self.dev)
+        if self.on_gpu:
+            torch.cuda.synchronize(self.dev)
 
     def _bind(self, binding, name: str, t) -> None:
         dtype = np.float32 if t.dtype == self.torch.float32 else np.int64
-        binding.bind_input(name, "cuda", 0, dtype, list(t.shape), t.data_ptr())
+        binding.bind_input(name, self.ort_device, 0, dtype, list(t.shape), t.data_ptr())
 
     def __call__(
         self, plan: Plan, start: int, stop: int, *, record: bool, tick: Callable[[], None],
@@ -103,7 +111,7 @@ class TritonLoop:
         ts = torch.from_numpy(np.repeat(np.asarray(table.timesteps, np.int64)[:, None], mb, 1)).to(self.dev)
         out = torch.empty((mb, *c.image_shape), device=self.dev)
         binding = self.session.io_binding()
-        binding.bind_output(self.output, "cuda", 0, np.float32, list(out.shape), out.data_ptr())
+        binding.bind_output(self.output, self.ort_device, 0, np.float32, list(out.shape), out.data_ptr())
         if c.conditional:
             y = plan.labels[start:stop]
             if cfg:
