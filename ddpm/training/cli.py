@@ -12,7 +12,7 @@ import click
 
 from ddpm._cli import OneLineCommand, friendly_errors
 from ddpm.errors import BackendError, ConfigError
-from ddpm.schedule import BETA_SCHEDULES, PREDICTION_TYPES
+from ddpm.schedule import BETA_SCHEDULES, OBJECTIVES, PREDICTION_TYPES
 from ddpm.training.config import TrainConfig
 
 D = TrainConfig()  # defaults shown in --help come from the one dataclass
@@ -77,6 +77,10 @@ def _parse_model_config(text: str | None) -> dict:
 @click.option("--seed", type=int, default=D.seed, help="Seed: same seed, same run.")
 @click.option("--prediction-type", type=click.Choice(PREDICTION_TYPES), default=D.prediction_type,
               help="What the network predicts: the noise, x_0, or v.")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default=D.objective,
+              help="diffusion (DDPM noising, Ho et al. 2020) or corrupt (seeds/001: blend with "
+                   "uniform noise, predict the clean image; sample with --sampler mix). corrupt "
+                   "implies --prediction-type sample.")
 @click.option("--beta-schedule", type=click.Choice(BETA_SCHEDULES), default=D.beta_schedule,
               help="Noise schedule.")
 @click.option("--num-train-timesteps", type=int, default=D.num_train_timesteps,
@@ -112,6 +116,8 @@ def main(ctx: click.Context, resume: str | None, model_config: str | None, out: 
         name for name in [*options, "model_config", "out"]
         if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
     }
+    if options["objective"] == "corrupt" and "prediction_type" not in explicit:
+        options["prediction_type"] = "sample"  # the corrupt objective's only target
     config = TrainConfig(out=out or D.out, model_config=_parse_model_config(model_config),
                          **options)
 

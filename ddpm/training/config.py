@@ -38,6 +38,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     prediction_type: str = "epsilon"
+    objective: str = "diffusion"  # or "corrupt": seeds/001's uniform-noise blend (sample head)
     beta_schedule: str = "linear"
     num_train_timesteps: int = 1000
     conditional: bool = False
@@ -58,6 +59,7 @@ class TrainConfig:
             num_train_timesteps=self.num_train_timesteps,
             beta_schedule=self.beta_schedule,
             prediction_type=self.prediction_type,
+            objective=self.objective,
         )
 
     def validate(self) -> None:

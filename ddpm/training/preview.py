@@ -1,4 +1,5 @@
-"""Sample grids during training: DDIM (Song et al. 2021, eq. 12, η = 0) from the EMA model.
+"""Sample grids during training: DDIM (Song et al. 2021, eq. 12, η = 0) from the EMA model,
+or seeds/001's "mix" sampler for a model trained with ``--objective corrupt``.
 
 Uses the same pieces as every other backend -- the coefficient table from
 ``ddpm.schedule.step_table``, the torch reference update ``ddpm.kernels.reference.step`` and
@@ -30,16 +31,18 @@ def sample_images(
     num_steps: int = 50,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
-    """Run a DDIM sampler; returns float32 (N, C, H, W), nominally in [-1, 1].
+    """Run a DDIM (or, for a corrupt-objective model, mix) sampler; returns float32
+    (N, C, H, W), nominally in [-1, 1].
 
     Conditional models (``num_classes`` > 0) get labels 0, 1, ..., num_classes-1 repeated.
     """
     from ddpm import noise
     from ddpm.kernels.reference import step
 
-    table = step_table(schedule, min(num_steps, schedule.num_train_timesteps), sampler="ddim")
+    sampler = "mix" if schedule.objective == "corrupt" else "ddim"
+    table = step_table(schedule, min(num_steps, schedule.num_train_timesteps), sampler=sampler)
     shape = (num_images, channels, image_size, image_size)
-    x = torch.from_numpy(noise.randn(shape, seed=seed, step=noise.INIT_STEP)).to(device)
+    x = torch.from_numpy(noise.initial_noise(table.init_noise, shape, seed=seed)).to(device)
     y = None
     if num_classes > 0:
         y = (torch.arange(num_images) % num_classes).to(device)

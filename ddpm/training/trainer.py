@@ -4,9 +4,11 @@ Each step draws x_0 from the data, t ~ U{0..T-1} and ε ~ N(0, I), forms
 x_t = sqrt(ᾱ_t)·x_0 + sqrt(1-ᾱ_t)·ε (eq. 4) with the coefficients from
 ``ddpm.schedule.q_sample_coefficients`` (converted to torch once), and regresses the model
 output on ε, x_0 or v (Salimans & Ho 2022) with an MSE loss (eq. 14, "L_simple").
-Class-conditional runs replace labels by the null label with probability ``label_dropout``
-so the model also learns the unconditional score (Ho & Salimans 2022, classifier-free
-guidance).
+With ``objective="corrupt"`` (seeds/001) a step instead blends x_0 with uniform noise u over
+the data range, x = x_0·(1−a) + u·a with a = t/(T−1), and regresses the output on x_0; the
+timestep input carries a (the article's BasicUNet ignores it). Class-conditional runs
+replace labels by the null label with probability ``label_dropout`` so the model also learns
+the unconditional score (Ho & Salimans 2022, classifier-free guidance).
 
 Everything random in a step is drawn from generators keyed by (seed, step), for the whole
 global batch, so a resumed run repeats an uninterrupted one exactly and DDP ranks (which
@@ -76,6 +78,9 @@ class Trainer:
         self.shard = self.cfg.batch_size // self.dist.world_size
         self.cond = run.num_classes > 0
         self.saved_step = run.start_step or None  # step of the ckpt.pt on disk, if any
+        self.corrupt = self.schedule.objective == "corrupt"
+        lo, hi = run.data.data_info()["value_range"]
+        self.noise_lo, self.noise_span = float(lo), float(hi) - float(lo)
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up to ``lr`` over ``warmup`` steps, then constant (a function of step)."""
@@ -92,7 +97,8 @@ class Trainer:
         x0, y = self.run.data.batch(self.order.indices(step)[sl])
         g = step_generator(cfg.seed, step, 1)
         t = torch.randint(0, cfg.num_train_timesteps, (B,), generator=g)[sl]
-        eps = torch.randn((B, *x0.shape[1:]), generator=g)[sl]
+        draw = torch.rand if self.corrupt else torch.randn  # corrupt() blends uniform noise
+        eps = draw((B, *x0.shape[1:]), generator=g)[sl]
         drop = torch.rand(B, generator=g)[sl] < cfg.label_dropout
         x_t, target = self.noisy_and_target(x0.to(dev), eps.to(dev), t.to(dev))
         labels = None
@@ -102,7 +108,14 @@ class Trainer:
         return x_t, t.to(dev), labels, target
 
     def noisy_and_target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor):
-        """(x_t, regression target) for clean images x0, noise eps and timesteps t (B,)."""
+        """(x_t, regression target) for clean images x0, noise eps and timesteps t (B,).
+
+        For the corrupt objective ``eps`` is uniform [0, 1) and t/(T−1) the blend amount.
+        """
+        if self.corrupt:
+            amount = (t.float() / max(self.cfg.num_train_timesteps - 1, 1)).view(-1, 1, 1, 1)
+            u = self.noise_lo + self.noise_span * eps  # uniform over the data range
+            return x0 * (1 - amount) + u * amount, x0
         a = self.sqrt_ac[t].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
         b = self.sqrt_1m_ac[t].view(-1, 1, 1, 1)
         x_t = a * x0 + b * eps  # DDPM eq. 4
