@@ -102,6 +102,25 @@ def run_workload(sampler, requests: list[list[dict]], steps: int, max_seconds: f
     }
 
 
+def soak(args) -> dict:
+    """The mixed workload round after round for ``--soak`` seconds, RSS sampled each round."""
+    counter = count_sessions()
+    from ddpm.runtime import Sampler, default_model_path
+
+    s = Sampler.from_path(args.model or str(default_model_path()), num_threads=args.ort_threads)
+    t0, trace, rounds = time.perf_counter(), [], 0
+    while time.perf_counter() - t0 < args.soak:
+        flat = mixed_requests(args.clients * args.requests, args.seed + rounds, s.contract.num_classes)
+        row = run_workload(s, [flat[c :: args.clients] for c in range(args.clients)], args.steps,
+                           args.soak - (time.perf_counter() - t0))
+        rounds += 1
+        trace.append({"t_s": round(time.perf_counter() - t0, 1), "rss_mib": round(rss_mib(), 1),
+                      "sessions_created": counter[0], "image_steps_per_s": row["image_steps_per_s"]})
+    first = next((r for r in trace if r["t_s"] >= 60), trace[0])
+    return {"soak_s": args.soak, "rounds": rounds, "trace": trace,
+            "rss_end_over_rss_at_1min": round(trace[-1]["rss_mib"] / first["rss_mib"], 3)}
+
+
 def measure(args) -> dict:
     """Both workloads in this interpreter, against whatever ddpm is importable."""
     counter = count_sessions()
@@ -144,10 +163,12 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=60.0, help="stop issuing requests after this")
     ap.add_argument("--before", default=None, help="another checkout to measure in the same run")
     ap.add_argument("--out", default=None, help="write the result JSON here")
+    ap.add_argument("--soak", type=float, default=0.0,
+                    help="instead: run the mixed workload for this many seconds, tracing RSS")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(measure(args)))
+        print(json.dumps(soak(args) if args.soak else measure(args)))
         return
     from ddpm.cpuinfo import cpu_facts
 
@@ -169,7 +190,10 @@ def main() -> None:
         if p.returncode:
             sys.exit(f"{name} run failed:\n{p.stderr[-3000:]}")
         runs[name] = json.loads(p.stdout.strip().splitlines()[-1])
-        print(name, json.dumps(runs[name]["workloads"]), flush=True)
+        rev = subprocess.run(["git", "-C", str(tree or Path(__file__).parent), "rev-parse", "HEAD"],
+                             capture_output=True, text=True)
+        runs[name]["commit"] = rev.stdout.strip() or None  # dirty trees: see `code`
+        print(name, json.dumps(runs[name].get("workloads") or runs[name]["trace"][-1]), flush=True)
     result["runs"] = runs
     text = json.dumps(result, indent=1)
     if args.out:
@@ -181,7 +205,7 @@ def main() -> None:
 
 def _child_args(args) -> list[str]:
     out = ["--clients", str(args.clients), "--requests", str(args.requests), "--steps", str(args.steps),
-           "--seed", str(args.seed), "--max-seconds", str(args.max_seconds)]
+           "--seed", str(args.seed), "--max-seconds", str(args.max_seconds), "--soak", str(args.soak)]
     if args.model:
         out += ["--model", str(Path(args.model).resolve())]
     if args.ort_threads:

@@ -207,3 +207,20 @@ def test_png_bytes_grid_and_per_image(shared):
     assert (w, h) == (2 * 18 + 2, 2 * 18 + 2)  # 2 per row, 16 px + 2 px padding
     singles = r.png_bytes(grid=False, scale=2)
     assert len(singles) == 3 and int.from_bytes(singles[0][16:20], "big") == 32
+
+
+def test_small_batches_reuse_a_slightly_larger_session_and_give_the_same_images():
+    """With (1, 8) built, a batch of 7 (or 6) runs padded on it instead of building (1, 7);
+    the padding rows are dropped and change no image (pad_slack=1 builds exact sessions)."""
+    padded = Sampler.default(num_threads=1).warmup(batch_sizes=(8,), guidance=1.0)
+    exact = Sampler.default(num_threads=1, pad_slack=1.0)
+    for n in (7, 6):
+        np.testing.assert_array_equal(
+            padded.sample(n, steps=3, guidance=1.0).samples, exact.sample(n, steps=3, guidance=1.0).samples
+        )
+    assert padded.engine.sessions.keys() == [(1, 8)]
+    assert set(exact.engine.sessions.keys()) == {(1, 7), (1, 6)}
+    padded.sample(5, steps=1, guidance=1.0)  # 5 * 4/3 < 8: too much padding, build (1, 5)
+    assert (1, 5) in padded.engine.sessions.keys()
+    with pytest.raises(ConfigError, match="pad_slack"):
+        Sampler.default(pad_slack=0.5)

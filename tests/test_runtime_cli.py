@@ -153,7 +153,7 @@ def test_missing_bundled_model_is_a_clear_error(monkeypatch, tmp_path):
     r = run(["--out", tmp_path / "x.png"])
     assert r.exit_code == 2
     assert "bundled model ddpm/assets/not-shipped.onnx is missing" in r.stderr
-    assert "--model PATH" in r.stderr
+    assert r.stderr.startswith("error: --model: ") and "path of an exported model.onnx" in r.stderr
     r = run(["--backend", "torch", "--out", tmp_path / "x.png"])
     assert r.exit_code == 2 and "ONNX only" in r.stderr
 

@@ -18,8 +18,8 @@ def default_model_path(backend: str = "ort") -> Path:
     """Path of the bundled ONNX model; ArtifactError with the fix if it is not installed."""
     if backend not in ("ort", "openvino", "auto"):  # the engines that read model.onnx
         raise ArtifactError(
-            f"the bundled model is ONNX only; with --backend {backend} pass --model PATH "
-            "(model.ts for torchscript, ckpt.pt for torch)"
+            f"the bundled model is ONNX only; with backend {backend!r} pass a model path "
+            "(model.ts for torchscript, ckpt.pt for torch)", field="path",
         )
     try:
         res = importlib.resources.files("ddpm") / "assets" / BUNDLED_MODEL
@@ -29,7 +29,7 @@ def default_model_path(backend: str = "ort") -> Path:
     if not found:
         raise ArtifactError(
             f"the bundled model ddpm/assets/{BUNDLED_MODEL} is missing from this install; "
-            "pass --model PATH to an exported model.onnx, or reinstall ddpm-toolkit"
+            "pass the path of an exported model.onnx, or reinstall ddpm-toolkit", field="path",
         )
     # pip installs packages as folders, so the resource is a real file (not inside a zip).
     return Path(str(res))

@@ -1,8 +1,8 @@
 """The denoising strip: x_t and the predicted x_0 every few steps, labelled, as one image.
 
 For each of the first K samples the strip has two rows, left to right from x_T to the final
-image: the noisy x_t the model saw at a step ("#k xt"), and below it the x̂0 it predicted
-there ("#k x0"); the column header gives the step's timestep t ("out" for the final image).
+image: the noisy x_t the model saw at a step ("k xt"), and below it the x̂0 it predicted
+there ("k x0"); the column header gives the step's timestep t ("out" for the final image).
 Labels are drawn with a built-in 3x5 pixel font, so no font library is needed.
 """
 
@@ -79,7 +79,7 @@ def trajectory_grid(
     scale = scale or defaults.grid_scale(*grid.shape[:2])
     grid = upscale(grid, scale)
     col_labels = [f"t={int(timesteps[i])}" if timesteps is not None else f"{int(i)}" for i in idx] + ["out"]
-    row_labels = [f"#{s} {kind}" for s in samples for kind in ("xt", "x0")]
+    row_labels = [f"{s} {kind}" for s in samples for kind in ("xt", "x0")]
     cell_w, cell_h = (w + PAD) * scale, (h + PAD) * scale
     size = max(1, min(cell_w // (4 * max(len(t) for t in col_labels)), cell_h // 7))
     top, left = 7 * size, 4 * size * max(len(t) for t in row_labels) + size

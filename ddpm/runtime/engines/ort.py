@@ -29,7 +29,7 @@ import numpy as np
 
 import ddpm.runtime.forksafe as forksafe
 from ddpm import artifact
-from ddpm.errors import ArtifactError, BackendError
+from ddpm.errors import ArtifactError, BackendError, ConfigError
 from ddpm.runtime.engines.base import RunFn
 from ddpm.runtime.engines.sessions import SessionCache
 from ddpm.runtime.ort_session import create_session, physical_cores
@@ -38,6 +38,20 @@ from ddpm.runtime.threads import BUDGET
 #: (lo, hi, key): samples [lo, hi) of a model batch run on the session ``key``
 #: ((threads, batch) of a fixed-batch CPU session, or None for the dynamic-batch one).
 Part = tuple[int, int, "tuple[int, int] | None"]
+
+
+#: Default pad_slack: a batch may run on a session up to a third larger (e.g. 6 on 8).
+PAD_SLACK = 4 / 3
+
+
+def _pad(a: np.ndarray | None, lo: int, hi: int, key: tuple[int, int] | None) -> np.ndarray | None:
+    """Rows [lo, hi) of ``a``, repeated-last-row padded to the session's batch ``key[1]``.
+    Each image's arithmetic does not depend on the other rows, so padding changes none."""
+    if a is None:
+        return None
+    rows = a[lo:hi]
+    extra = 0 if key is None else key[1] - (hi - lo)
+    return np.concatenate([rows, np.repeat(rows[-1:], extra, axis=0)]) if extra > 0 else rows
 
 
 def _rss_bytes() -> int | None:
@@ -53,7 +67,9 @@ class OrtEngine:
     """model.onnx: tuned fixed-batch CPU sessions, or one CUDA session (see the module doc).
 
     ``max_sessions`` / ``max_session_bytes`` bound the idle sessions kept (see
-    :mod:`ddpm.runtime.engines.sessions` for the policy).
+    :mod:`ddpm.runtime.engines.sessions` for the policy). ``pad_slack``: a chunk of c
+    samples runs on an already built session for up to ``c * pad_slack`` samples (padded,
+    extra rows dropped) rather than building one for exactly c; 1 turns padding off.
     """
 
     name = "ort"
@@ -71,6 +87,7 @@ class OrtEngine:
         cuda_graph: bool = False,
         max_sessions: int | None = None,
         max_session_bytes: int | None = None,
+        pad_slack: float = PAD_SLACK,
     ) -> None:
         if zipfile.is_zipfile(path):
             raise ArtifactError(
@@ -87,6 +104,9 @@ class OrtEngine:
         self.device = device
         self.cuda_graph = cuda_graph
         self.threads = max(1, int(num_threads or physical_cores()))
+        if not isinstance(pad_slack, (int, float)) or not 1.0 <= pad_slack <= 4.0:
+            raise ConfigError(f"pad_slack must be a number in 1..4, got {pad_slack!r}", field="pad_slack")
+        self.pad_slack = float(pad_slack)
         self._session_kw: dict[str, Any] = dict(device=device, spin=spin, tensorrt=tensorrt, cuda_graph=cuda_graph)
         # The dynamic-batch session: checks the file once, and serves non-CPU devices.
         self._session: Any = self._open(None)
@@ -158,7 +178,7 @@ class OrtEngine:
     def hold(self, batch: int) -> Iterator[RunFn]:
         """A run function for model batches of exactly ``batch``, its sessions held meanwhile."""
         self._check_open()
-        parts = self.parts(batch)
+        parts = [(lo, hi, self._reuse(k)) for lo, hi, k in self.parts(batch)]
         keys = [k for _, _, k in parts if k is not None]
         with self.sessions.hold(keys) as held:
             if any(k is None for _, _, k in parts):
@@ -170,6 +190,16 @@ class OrtEngine:
                 return self._run_parts(parts, held, x, t, y)
 
             yield run
+
+    def _reuse(self, key: tuple[int, int] | None) -> tuple[int, int] | None:
+        """``key``, or the smallest built session of the same threads that fits its batch
+        within ``pad_slack`` (exact first): padding a few rows for the steps of one batch
+        costs less than building (and keeping) one more session."""
+        if key is None or self.pad_slack <= 1.0:
+            return key
+        threads, c = key
+        fits = [k for k in self.sessions.keys() if k[0] == threads and c <= k[1] <= c * self.pad_slack]
+        return min(fits, key=lambda k: k[1], default=key)
 
     def run(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None) -> np.ndarray:
         with self.hold(x.shape[0]) as run:
@@ -183,16 +213,18 @@ class OrtEngine:
 
     def _run_parts(self, parts: list[Part], held: dict, x: np.ndarray, t: np.ndarray, y: np.ndarray | None):
         calls = [
-            (held[k], x[lo:hi], t[lo:hi], None if y is None else y[lo:hi]) for lo, hi, k in parts
+            (held[k], *(_pad(a, lo, hi, k) for a in (x, t, y))) for lo, hi, k in parts
         ]
         threads = len(parts) if len(parts) > 1 else (parts[0][2] or (self.threads, 0))[0]
         with BUDGET.take(threads):
             if len(calls) == 1:
-                return self._run1(*calls[0])
-            futures = self._submit(calls[1:])
-            first = self._run1(*calls[0])  # this thread is one of the workers
-            rest = [f.result() if f is not None else self._run1(*c) for f, c in zip(futures, calls[1:], strict=True)]
-            return np.concatenate([first, *rest])
+                outs = [self._run1(*calls[0])]
+            else:
+                futures = self._submit(calls[1:])
+                outs = [self._run1(*calls[0])]  # this thread is one of the workers
+                outs += [f.result() if f is not None else self._run1(*c) for f, c in zip(futures, calls[1:], strict=True)]
+            outs = [o[: hi - lo] for o, (lo, hi, _) in zip(outs, parts, strict=True)]  # drop padding
+            return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     def _submit(self, calls: list) -> list:
         """Futures for ``calls`` on the engine's pool; None where the pool cannot take work
