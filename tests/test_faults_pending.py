@@ -99,6 +99,47 @@ def test_ddim_eta_outside_0_1_is_refused(eta):
         s.plan(2, steps=2, sampler="ddim", eta=eta)
 
 
+@pending("2", "ddpm/runtime/plan.py (bound n with ddpm.limits.check_int(..., 'NUM_SAMPLES'))")
+def test_a_plan_of_1e9_images_is_refused_before_allocating():
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))  # 1e9 labels need 8 GB\n"
+        "from ddpm.errors import ConfigError\n"
+        "from ddpm.runtime.sampler import Sampler\n"
+        "s = Sampler.from_path(None, 'ort', 'cpu', num_threads=1)\n"
+        "try:\n"
+        "    s.plan(10**9, steps=2)\n"
+        "except ConfigError as e:\n"
+        "    sys.exit(0 if 'limit' in str(e) else 3)\n"
+        "sys.exit(4)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-300:])
+
+
+@pending("1", "ddpm/export/sources.py (_load_safetensors: ddpm.limits.check_types on metadata)")
+@pytest.mark.parametrize("key,value", [
+    ("model_config", "[8, 16]"), ("data", '"digits"'),
+])
+def test_safetensors_metadata_of_the_wrong_type_is_one_checkpoint_error(tmp_path, key, value):
+    from safetensors.torch import save_file
+
+    from ddpm.errors import CheckpointError
+    from ddpm.export.sources import load_source
+    from ddpm.models.registry import build
+
+    config = {"channels": [8, 16], "kernel_size": 3, "image_size": 8}
+    model = build("basic", **config)
+    meta = {"arch": "basic", "model_config": json.dumps(config),
+            "schedule": json.dumps({"num_train_timesteps": 1000}),
+            "data": json.dumps({"channels": 1, "image_size": 8}), key: value}
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), meta)
+    with pytest.raises(CheckpointError, match=key):
+        load_source(path)
+
+
 @pending("6", "ddpm/runtime/engines/torchscript.py (contract image size vs the traced graph)")
 def test_torchscript_whose_contract_lies_about_the_image_size_fails_at_load(tmp_path):
     import torch
