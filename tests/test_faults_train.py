@@ -176,3 +176,33 @@ def test_unwritable_out_fails_before_loading_data(tmp_path):
     (tmp_path / "afile").write_text("a file where the --out folder should go")
     with pytest.raises(OutputError, match="cannot write training outputs"):
         train(tiny(tmp_path / "afile" / "run"))
+
+
+@pytest.mark.slow  # a real training process plus two short runs
+def test_sigkill_mid_run_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "ddpm.training.cli", "--arch", "basic", "--image-size", "8",
+           "--steps", "100000", "--batch-size", "4", "--warmup", "0", "--lr", "1e-3",
+           "--sample-every", "0", "--save-every", "2", "--num-train-timesteps", "50",
+           "--num-samples", "2", "--sample-steps", "2", "--device", "cpu",
+           "--model-config", '{"channels": [8, 8], "kernel_size": 3}', "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (out / "ckpt.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no handler runs; only the atomic rename protects ckpt.pt
+    proc.wait(timeout=60)
+    step = torch.load(out / "ckpt.pt", weights_only=True)["step"]  # whole, never torn
+    assert step >= 2 and step % 2 == 0
+
+    total = step + 2
+    resumed = train(tiny(out, steps=total), resume=out / "ckpt.pt", explicit={"steps"})
+    full = train(tiny(tmp_path / "full", steps=total))
+    assert resumed.losses == full.losses  # exact, not approximately equal
+    a = torch.load(out / "ckpt.pt", weights_only=True)
+    b = torch.load(tmp_path / "full" / "ckpt.pt", weights_only=True)
+    for key in ("model", "ema"):
+        for name, value in b[key].items():
+            assert torch.equal(a[key][name], value), (key, name)
