@@ -206,3 +206,25 @@ def test_sigkill_mid_run_then_resume_is_bit_identical_to_an_uninterrupted_run(tm
     for key in ("model", "ema"):
         for name, value in b[key].items():
             assert torch.equal(a[key][name], value), (key, name)
+
+
+def test_a_folder_where_ckpt_pt_goes_is_refused_before_training(tmp_path):
+    (tmp_path / "run" / "ckpt.pt").mkdir(parents=True)
+    start = time.perf_counter()
+    with pytest.raises(OutputError, match="ckpt.pt' is a folder"):
+        train(tiny(tmp_path / "run"))
+    assert time.perf_counter() - start < 5
+
+
+def test_read_only_out_is_one_line_exit_2_before_training(tmp_path):
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        result = CliRunner().invoke(train_cli, ["--steps", "2", "--out", str(mnt / "run")])
+        assert result.exit_code == 2
+        assert "Read-only file system" in one_error_line(result)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ddpm._io import check_writable_dir
-from ddpm.errors import CheckpointError, ConfigError, DDPMError
+from ddpm.errors import CheckpointError, ConfigError, DDPMError, OutputError
 from ddpm.limits import check_elements
 from ddpm.schedule import ScheduleConfig, q_sample_coefficients
 from ddpm.training import ddp
@@ -63,6 +63,12 @@ def prepare(
     schedule = config.schedule()
     # Before loading data: an unwritable --out must not cost a data load and a model build.
     check_writable_dir(config.out, what="training outputs (--out)")
+    for name in ("ckpt.pt", "loss.png"):  # else the run would train, then fail to save
+        if (Path(config.out) / name).is_dir():
+            raise OutputError(
+                f"{str(Path(config.out) / name)!r} is a folder, where training writes its "
+                f"{name}; remove it or choose another --out"
+            )
     from ddpm.models.registry import archs
 
     if config.arch not in archs():  # fail before loading any data
