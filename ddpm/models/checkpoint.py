@@ -8,6 +8,12 @@ from the file alone. Keys::
     format="ddpm-toolkit/ckpt", format_version=1, arch, model_config, schedule, data,
     ema, model, optimizer, step, rng, train_args, losses, versions
 
+Loading is one validation layer, in this order, so nothing large is allocated for a bad
+file: the zip directory (size limit, deflate bombs) before torch is imported; the format
+tag, version and every header key's type; the sizes in ``data`` / ``schedule`` /
+``model_config`` against :mod:`ddpm.limits`; a NaN/Inf scan of the chosen weights before
+the model is built.
+
 Lives in ``ddpm.models`` (not ``ddpm.training``) because export and the runtime's torch
 backend load checkpoints and must not import the trainer.
 """
@@ -61,8 +67,9 @@ def _not_loadable(path: Path, why: str) -> CheckpointError:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate a ``ckpt.pt`` on CPU with ``weights_only=True``.
 
-    Raises CheckpointError naming the file and the fix for a missing, truncated, foreign or
-    unsafe file, a wrong format tag, a newer format version or an unknown arch.
+    Raises CheckpointError naming the file and the fix for a missing, truncated, foreign,
+    oversized or unsafe file (pickled code, a deflate bomb), a wrong format tag, a newer
+    format version, a header value of the wrong type or above a limit, or an unknown arch.
     """
     p = Path(path)
     if not p.exists():
@@ -141,7 +148,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def validate_checkpoint(ckpt: Any, path: str | os.PathLike = "<checkpoint>") -> dict[str, Any]:
-    """Check the format tag, version, required keys and arch of a loaded checkpoint dict."""
+    """Check the format tag, version, required keys, header types and limits, and arch of a
+    loaded checkpoint dict (the model config's own fields are checked when it is built)."""
     from ddpm.models.registry import archs
 
     name = repr(str(path))
