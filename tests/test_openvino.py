@@ -26,10 +26,7 @@ from ddpm.runtime.engines.openvino import OpenVinoEngine  # noqa: E402
 BUNDLED = Path(ovmod.__file__).resolve().parents[2] / "assets" / "digits.onnx"
 
 
-def _bf16_native() -> bool:
-    import openvino as ov
-
-    return "BF16" in ovmod.cpu_capabilities(ov.Core())
+_bf16_native = ovmod.native_bf16
 
 
 @pytest.fixture(autouse=True)
@@ -109,6 +106,8 @@ def test_one_compiled_model_per_batch_size_lru_bounded(model, monkeypatch):
         assert shapes[0][0] == shapes[1][0] == shapes[2][0]  # static batch on every input
     e.close()
     assert not e._compiled
+    with pytest.raises(BackendError, match="engine was closed"):
+        e.run(x[:1], t[:1], y[:1])
 
 
 def test_precision_pinned_to_f32_and_threads_and_latency_hint(ov_engine):
@@ -346,3 +345,23 @@ def test_cli_bf16_with_another_backend_refused(model, tmp_path):
         timeout=300,
     )
     assert r.returncode == 2 and "--precision bf16 needs --backend openvino" in r.stderr
+
+
+def _forked_child(engine, inputs, want, q) -> None:
+    q.put(float(np.abs(engine.run(*inputs) - want).max()))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork() is POSIX only")
+def test_forked_child_recompiles_and_matches(model):
+    import multiprocessing as mp
+
+    e = OpenVinoEngine(model, num_threads=1, cache=False)
+    inputs = _inputs(2, seed=4)
+    want = e.run(*inputs)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_forked_child, args=(e, inputs, want, q))
+    p.start()
+    p.join(120)
+    assert p.exitcode == 0 and q.get(timeout=5) == 0.0
+    assert 2 in e._compiled  # the parent's compiled model is untouched

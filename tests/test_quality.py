@@ -21,9 +21,16 @@ def judge():
     return quality.fit_judge(image_size=16)
 
 
-@pytest.fixture(scope="module", params=["fp32", "int8"])
+@pytest.fixture(scope="module", params=["fp32", "int8", "bf16"])
 def sampler(request):
-    """The bundled model as ddpm-run opens it, and its opt-in int8 graph (digits_int8.onnx)."""
+    """The bundled model as ddpm-run opens it, its opt-in int8 graph (digits_int8.onnx), and
+    OpenVINO's bf16 compute (ddpm-run --backend openvino --precision bf16) where it is native."""
+    if request.param == "bf16":
+        from ddpm.runtime.engines.openvino import native_bf16
+
+        if not native_bf16():
+            pytest.skip("bf16 not runnable here: needs openvino and a CPU with AMX / AVX512-BF16")
+        return Sampler.default(backend="openvino", compute_precision="bf16")
     return Sampler.default(precision=request.param)
 
 

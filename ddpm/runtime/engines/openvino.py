@@ -32,6 +32,7 @@ import numpy as np
 
 from ddpm import artifact
 from ddpm.errors import ArtifactError, BackendError, first_line
+from ddpm.runtime import forksafe
 from ddpm.runtime.ort_session import physical_cores
 from ddpm.runtime.threads import BUDGET
 
@@ -88,6 +89,14 @@ def cache_dir_for(path: Path) -> Path | None:
 def cpu_capabilities(core: Any) -> tuple[str, ...]:
     """The CPU plugin's OPTIMIZATION_CAPABILITIES, e.g. ("FP32", "INT8", "BF16")."""
     return tuple(str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def native_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin runs bf16 natively here (False without openvino)."""
+    try:
+        return "BF16" in cpu_capabilities(import_openvino().Core())
+    except BackendError:
+        return False
 
 
 class _Compiled:
@@ -182,6 +191,8 @@ class OpenVinoEngine:
             self._config["CACHE_DIR"] = str(self.cache_dir)
         self._compiled: OrderedDict[int, _Compiled] = OrderedDict()
         self._lock = threading.Lock()
+        self._closed = False
+        forksafe.register(self)
 
     def _compile(self, batch: int) -> _Compiled:
         model = self._model.clone()
@@ -209,6 +220,8 @@ class OpenVinoEngine:
 
     def _for_batch(self, batch: int) -> _Compiled:
         with self._lock:
+            if self._closed:
+                raise BackendError(f"{self.path}: this engine was closed; open the model again")
             c = self._compiled.get(batch)
             if c is not None:
                 self._compiled.move_to_end(batch)
@@ -233,5 +246,13 @@ class OpenVinoEngine:
     __call__ = run
 
     def close(self) -> None:
+        """Drop the compiled models; later calls raise BackendError."""
         with self._lock:
+            self._closed = True
             self._compiled.clear()
+
+    def _after_fork_in_child(self) -> None:
+        # Compiled models hold the parent's plugin threads: recompile in the child on demand.
+        forksafe.inherited.append(self._compiled)
+        self._compiled = OrderedDict()
+        self._lock = threading.Lock()
