@@ -228,3 +228,21 @@ def test_read_only_out_is_one_line_exit_2_before_training(tmp_path):
         assert "Read-only file system" in one_error_line(result)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("env,match", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' must be an integer"),
+    ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK=5 must be < WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "", "MASTER_PORT": ""},
+     "cannot join the torchrun process group"),
+])
+def test_broken_torchrun_environment_is_one_error(tmp_path, monkeypatch, env, match):
+    from ddpm.errors import DDPMError
+
+    for k, v in env.items():
+        if v:
+            monkeypatch.setenv(k, v)
+        else:
+            monkeypatch.delenv(k, raising=False)
+    with pytest.raises(DDPMError, match=match):
+        train(tiny(tmp_path / "run"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ddpm.errors import ConfigError
+from ddpm.errors import BackendError, ConfigError, first_line
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,11 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 
 def setup(device: str) -> DistInfo:
     """Join the torchrun process group if launched by torchrun, else a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    world = _env_int("WORLD_SIZE", 1, 1)
+    rank = _env_int("RANK", 0, 0)
+    local = _env_int("LOCAL_RANK", 0, 0)
+    if rank >= world:
+        raise ConfigError(f"RANK={rank} must be < WORLD_SIZE={world}; launch with torchrun")
     dev = resolve_device(device, local)
     if world > 1:
         import torch.distributed as dist
@@ -56,8 +58,29 @@ def setup(device: str) -> DistInfo:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+            try:
+                dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+            except (RuntimeError, ValueError) as e:
+                raise BackendError(
+                    f"cannot join the torchrun process group ({first_line(e)}); launch with "
+                    "`torchrun --nproc-per-node N`, or unset WORLD_SIZE for one process"
+                ) from None
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def _env_int(name: str, default: int, minimum: int) -> int:
+    """A torchrun variable as an int >= minimum, else a ConfigError naming it."""
+    raw = os.environ.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ConfigError(
+            f"environment variable {name}={raw!r} must be an integer >= {minimum}; launch "
+            "with torchrun or unset it"
+        )
+    return value
 
 
 def teardown() -> None:
