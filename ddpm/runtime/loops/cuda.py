@@ -13,8 +13,9 @@ Needs torch (CUDA build) and triton, imported only when this loop is built. Per 
 ORT runs on the torch stream (``user_compute_stream``) and is told not to synchronise after
 each run (``disable_synchronize_execution_providers``), so stream order alone sequences the
 model run and the update: no host synchronisation per step. The kernel is compiled for the
-loop's dtype set when the loop is built (one launch on a tiny tensor; the seed is not
-specialised on, so its value never triggers a recompile), never inside a timed request.
+loop's dtype set on a tiny tensor when the loop is built and, for variants a request adds
+(CFG, DPM++'s prev_x0, x̂0 output), before that request's first step; the seed is not
+specialised on, so its value never triggers a recompile between steps.
 CUDA graphs are the device loop's (``--loop device --cuda-graph``), not this one's.
 """
 
@@ -80,13 +81,29 @@ class TritonLoop:
         self.output = self.session.get_outputs()[0].name
         self.run_options = import_ort().RunOptions()
         self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-        # Compile the kernel for fp32 with and without CFG / noise now, outside any request.
-        table = step_table(self.contract.schedule_config, 2, sampler="ddpm")
+        self._compiled: set[tuple] = set()
+        self._warm(step_table(self.contract.schedule_config, 2, sampler="ddpm"), False, False)
+
+    def _warm(self, table, cfg: bool, keep_x0: bool) -> None:
+        """Compile, on a 16-element tensor, every kernel variant ``table`` will launch (noise
+        or not, prev_x0 or not, for this CFG / x̂0 setting) that is not compiled yet, so no
+        compilation happens between two steps. The seed is not specialised on."""
+        torch = self.torch
+        c_prev = getattr(table, "c_prev", None)
+        c_prev = np.zeros(len(table)) if c_prev is None else c_prev
+        variants = {(bool(table.sigma[i] != 0), bool(c_prev[i] != 0), i) for i in range(len(table))}
+        todo = {}
+        for noise, prev, i in sorted(variants):
+            todo.setdefault((cfg, keep_x0, noise, prev), i)
         x = torch.zeros((1, 1, 1, 16), device=self.dev)
-        for cfg in (False, True):
-            out = torch.zeros((2 if cfg else 1, 1, 1, 16), device=self.dev)
-            fused_step(table, 0, out, x, seed=0, guidance_scale=1.0 if cfg else None)
-            fused_step(table, 1, out, x, guidance_scale=1.0 if cfg else None)
+        out = torch.zeros((2 if cfg else 1, 1, 1, 16), device=self.dev)
+        for key, i in todo.items():
+            if key in self._compiled:
+                continue
+            extra = {"prev_x0": x} if key[3] else {}
+            self.fused_step(table, i, out, x, seed=0, guidance_scale=1.0 if cfg else None,
+                            return_x0=keep_x0, **extra)
+            self._compiled.add(key)
         if self.on_gpu:
             torch.cuda.synchronize(self.dev)
 
@@ -120,7 +137,9 @@ class TritonLoop:
         xts: list[np.ndarray] = []
         x0s: list[np.ndarray] = []
         x0 = None  # previous step's x̂0 (multistep samplers)
-        keep_x0 = record or table.multistep
+        multistep = bool(getattr(table, "multistep", False))
+        keep_x0 = record or multistep
+        self._warm(table, cfg, keep_x0)  # before the first step: no compile between steps
         for i in range(len(table)):
             if check is not None:
                 check()
@@ -130,7 +149,7 @@ class TritonLoop:
             self._bind(binding, names[0], xin if cfg else x)
             self._bind(binding, names[1], ts[i])
             self.session.run_with_iobinding(binding, self.run_options)
-            prev = {"prev_x0": x0} if table.multistep else {}
+            prev = {"prev_x0": x0} if multistep else {}
             x_prev, x0 = self.fused_step(
                 table, i, out, x, seed=plan.seed, noise_offset=offset,
                 guidance_scale=plan.guidance if cfg else None, return_x0=keep_x0, **prev,
