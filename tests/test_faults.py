@@ -1,17 +1,15 @@
 """Fault tests: bad inputs built here, each ending in one typed error, nothing half-written.
 
-Covers the trust boundaries this toolkit owns outside the runtime and export packages:
-``ddpm.limits`` bounds on preset configs, the checkpoint header (types, bounds, a deflate
-bomb, NaN weights, pickled code), ``ddpm._io`` atomic writes under ENOSPC (a real 1 MiB
-tmpfs and the ``DDPM_FAULT_ENOSPC`` seam), and ``ddpm._cli``'s one-line errors and exit
-codes in real processes. Training faults are in ``test_faults_train.py``, hypothesis
-properties in ``test_faults_props.py``, defects still open elsewhere in
-``test_faults_pending.py``.
+Covers the trust boundaries outside the runtime and export packages: ``ddpm.limits`` bounds
+on preset configs, the checkpoint header (types, bounds, a deflate bomb, NaN weights,
+pickled code), contract field checks, and ``ddpm._cli``'s one-line errors and exit codes in
+real processes. Writes under ENOSPC are in ``test_faults_io.py``, training faults in
+``test_faults_train.py``, hypothesis properties in ``test_faults_props.py``, defects still
+open elsewhere in ``test_faults_pending.py``.
 """
 
 from __future__ import annotations
 
-import copy
 import errno
 import os
 import resource
@@ -25,34 +23,11 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from faults_common import assert_one_line_error, resave, run_cli
 
-from ddpm import _io, limits
-from ddpm._cli import DEBUG_HINT, OneLineCommand, describe, friendly_errors
-from ddpm.errors import CheckpointError, ConfigError, OutputError
-
-BIN = Path(sys.executable).parent
-
-
-def run_cli(name: str, *args: str, env: dict | None = None, timeout: int = 240):
-    """Run an installed ``ddpm-*`` script in a real process (exit codes, stderr, no tracebacks)."""
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", **(env or {})}
-    return subprocess.run([str(BIN / name), *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env)
-
-
-def assert_one_line_error(proc, codes=(1, 2), contains: str = "") -> str:
-    """Exit code in ``codes``, exactly one non-empty stderr line, ``error:``, no traceback."""
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode in codes, (proc.returncode, proc.stderr)
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
-    assert contains in lines[0], lines[0]
-    return lines[0]
-
-
-def no_temp_files(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
-
+from ddpm import limits
+from ddpm._cli import DEBUG_HINT, OneLineCommand, friendly_errors
+from ddpm.errors import CheckpointError, ConfigError
 
 # --------------------------------------------------------------------------- limits
 
@@ -134,16 +109,6 @@ def good_ckpt(tmp_path_factory) -> Path:
     return write_checkpoint(tmp_path_factory.mktemp("good") / "ckpt.pt", "basic")
 
 
-def _resave(ckpt_path: Path, dest: Path, change) -> Path:
-    import torch
-
-    from ddpm.models.checkpoint import save_checkpoint
-
-    ckpt = copy.deepcopy(torch.load(ckpt_path, weights_only=True))
-    change(ckpt)
-    return save_checkpoint(dest, ckpt)
-
-
 BAD_HEADERS = {
     "step as string": (lambda c: c.update(step="3"), "'step' must be int, got str '3'"),
     "model_config as list": (lambda c: c.update(model_config=[8]), "'model_config' must be dict"),
@@ -169,7 +134,7 @@ def test_bad_checkpoint_header_is_one_checkpoint_error_naming_the_key(good_ckpt,
     from ddpm.models.checkpoint import load_checkpoint, model_from_checkpoint
 
     change, match = BAD_HEADERS[case]
-    path = _resave(good_ckpt, tmp_path / "ckpt.pt", change)
+    path = resave(good_ckpt, tmp_path / "ckpt.pt", change)
     with pytest.raises(CheckpointError) as e:
         model_from_checkpoint(load_checkpoint(path))
     message = str(e.value)
@@ -185,7 +150,7 @@ def test_nan_weights_are_found_at_load_with_the_fix(good_ckpt, tmp_path):
         c["ema"][name] = c["ema"][name].clone()
         c["ema"][name].view(-1)[0] = float("inf")
 
-    path = _resave(good_ckpt, tmp_path / "ckpt.pt", poison)
+    path = resave(good_ckpt, tmp_path / "ckpt.pt", poison)
     with pytest.raises(CheckpointError, match="hold NaN/Inf values .*lower --lr"):
         model_from_checkpoint(load_checkpoint(path), weights="ema")
     model_from_checkpoint(load_checkpoint(path), weights="model")  # the raw weights are fine
@@ -254,108 +219,6 @@ def test_pickled_code_in_a_checkpoint_never_runs_through_the_cli(tmp_path):
     assert not marker.exists()
 
 
-# --------------------------------------------------------------------------- _io
-
-
-def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):
-    final = tmp_path / "model.onnx"
-    final.write_bytes(b"previous good output")
-    with pytest.raises(RuntimeError), _io.atomic_path(final) as tmp:
-        tmp.write_bytes(b"half")
-        raise RuntimeError("serializer died")
-    assert final.read_bytes() == b"previous good output"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
-
-
-def test_fault_seam_env_fails_the_nth_commit_with_enospc(tmp_path, monkeypatch):
-    final = tmp_path / "a.bin"
-    final.write_bytes(b"old")
-    monkeypatch.setenv(_io.FAULT_ENV, f"{_io._commits + 2}")
-    _io.atomic_write_bytes(tmp_path / "first.bin", b"ok")  # commit n-1 succeeds
-    with pytest.raises(OSError) as e:
-        _io.atomic_write_bytes(final, b"new")
-    assert e.value.errno == errno.ENOSPC
-    assert final.read_bytes() == b"old" and not no_temp_files(tmp_path)
-    assert describe(e.value)[1] == 1 and "free disk space" in describe(e.value)[0]
-
-
-def test_atomic_files_commits_all_or_restores_everything(tmp_path, monkeypatch):
-    (tmp_path / "model.ts").write_bytes(b"old ts")
-    with _io.atomic_files(tmp_path) as stage:
-        (stage / "model.ts").write_bytes(b"new ts")
-        (stage / "model.onnx").write_bytes(b"new onnx")
-    assert (tmp_path / "model.ts").read_bytes() == b"new ts"
-
-    def fail_second(event, final):
-        if final.name == "model.ts":
-            raise OSError(errno.ENOSPC, "No space left on device", str(final))
-
-    monkeypatch.setattr(_io, "fault_hook", fail_second)
-    with pytest.raises(OSError), _io.atomic_files(tmp_path) as stage:
-        (stage / "model.onnx").write_bytes(b"newer onnx")  # moved first, then rolled back
-        (stage / "model.ts").write_bytes(b"newer ts")
-    assert (tmp_path / "model.onnx").read_bytes() == b"new onnx"
-    assert (tmp_path / "model.ts").read_bytes() == b"new ts"
-    assert not no_temp_files(tmp_path)
-
-
-def test_atomic_files_refuses_a_folder_in_the_way_before_moving_anything(tmp_path):
-    (tmp_path / "model.onnx").mkdir()
-    (tmp_path / "model.ts").write_bytes(b"old ts")
-    with pytest.raises(OutputError, match="a folder is in the way"), \
-            _io.atomic_files(tmp_path) as stage:
-        (stage / "model.ts").write_bytes(b"new ts")
-        (stage / "model.onnx").write_bytes(b"new onnx")
-    assert (tmp_path / "model.ts").read_bytes() == b"old ts"
-    assert not no_temp_files(tmp_path)
-    with pytest.raises(OutputError, match="a folder is in the way"), \
-            _io.atomic_path(tmp_path / "model.onnx"):
-        pass
-
-
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 1 MiB tmpfs (needs root and mount permission; skipped with the reason otherwise)."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a 1 MiB tmpfs here: {proc.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        # Lazy: a failed writer's traceback may still hold an open (deleted) temp file.
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def test_checkpoint_save_on_a_full_disk_keeps_the_previous_file(full_disk):
-    import torch
-
-    from ddpm.models.checkpoint import FORMAT, save_checkpoint
-
-    final = full_disk / "ckpt.pt"
-    save_checkpoint(final, {"format": FORMAT, "w": torch.zeros(1000)})
-    before = final.read_bytes()
-    with pytest.raises(OutputError) as e:
-        save_checkpoint(final, {"format": FORMAT, "w": torch.zeros(1 << 19)})  # 2 MiB
-    assert e.value.exit_code == 1 and "\n" not in str(e.value)
-    assert "previous checkpoint there, if any, is unchanged" in str(e.value)
-    assert final.read_bytes() == before
-    assert sorted(p.name for p in full_disk.iterdir()) == ["ckpt.pt"]
-
-
-def test_ddpm_run_on_a_full_disk_is_one_line_and_keeps_the_previous_grid(full_disk):
-    grid = full_disk / "samples.png"
-    grid.write_bytes(b"previous grid")
-    (full_disk / "filler").write_bytes(b"\0" * (1024 * 1024 - 8192))  # leave ~8 KiB
-    proc = run_cli("ddpm-run", "-n", "64", "--steps", "2", "--scale", "8", "--out", str(grid),
-                   "--no-progress")
-    assert_one_line_error(proc, codes=(1,), contains="No space left on device")
-    assert grid.read_bytes() == b"previous grid"
-    assert sorted(p.name for p in full_disk.iterdir()) == ["filler", "samples.png"]
-
-
 # --------------------------------------------------------------------------- _cli
 
 
@@ -420,22 +283,6 @@ def test_ddpm_train_without_torch_names_the_train_extra(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_ddpm_export_on_a_full_disk_is_one_line_and_leaves_nothing(good_ckpt, full_disk):
-    (full_disk / "filler").write_bytes(b"\0" * ((1 << 20) - 8192))  # ~8 KiB left
-    proc = run_cli("ddpm-export", str(good_ckpt), "--out", str(full_disk), "--no-validate")
-    assert_one_line_error(proc, codes=(1,), contains="No space left on device")
-    assert [p.name for p in full_disk.iterdir()] == ["filler"]
-
-
-def test_ddpm_export_with_a_folder_in_the_way_writes_nothing(good_ckpt, tmp_path):
-    from ddpm.export.core import export_checkpoint
-
-    (tmp_path / "model.onnx").mkdir()
-    with pytest.raises(OutputError, match="a folder is in the way"):
-        export_checkpoint(good_ckpt, tmp_path, validate=False)
-    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no model.ts either
-
-
 def test_value_range_0_0_in_a_contract_is_refused():
     from ddpm.artifact import Contract
     from ddpm.errors import ArtifactError
@@ -459,6 +306,6 @@ def test_nan_checkpoint_on_the_torch_backend_is_refused_at_load(good_ckpt, tmp_p
         c["ema"] = {k: v.clone() for k, v in c["ema"].items()}
         next(iter(c["ema"].values())).view(-1)[0] = float("nan")
 
-    path = _resave(good_ckpt, tmp_path / "ckpt.pt", poison)
+    path = resave(good_ckpt, tmp_path / "ckpt.pt", poison)
     with pytest.raises(CheckpointError, match="NaN/Inf"):
         Sampler.from_path(path, "torch", "cpu")
