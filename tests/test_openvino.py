@@ -246,7 +246,7 @@ def test_torchscript_file_refused(tmp_path):
 
 def test_cli_openvino_matches_ort_images(model, tmp_path):
     outs = {}
-    for backend in ("ort", "openvino"):
+    for backend in ("ort", "openvino", "auto"):
         npz = tmp_path / f"{backend}.npz"
         r = subprocess.run(
             [sys.executable, "-m", "ddpm.runtime.cli", "--model", str(model), "--backend", backend,
@@ -257,6 +257,7 @@ def test_cli_openvino_matches_ort_images(model, tmp_path):
         assert f"{backend}/cpu" in r.stdout
         outs[backend] = np.load(npz)["samples"]
     np.testing.assert_allclose(outs["openvino"], outs["ort"], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(outs["auto"], outs["ort"], atol=1e-3, rtol=0)
 
 
 def test_cli_bf16_refusal_is_exit_2(model, tmp_path):
