@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ddpm.errors import BackendError
-from ddpm.noise import INIT_STEP, randn
+from ddpm.noise import initial_noise
 from ddpm.runtime.loops.guidance import uses_cfg
 from ddpm.runtime.loops.host import BatchResult, Check
 from ddpm.runtime.plan import Plan
@@ -123,7 +123,9 @@ class TritonLoop:
         cfg = uses_cfg(plan.labels, plan.guidance)
         mb = 2 * b if cfg else b
         names = c.input_names
-        x = torch.from_numpy(randn(shape, seed=plan.seed, step=INIT_STEP, offset=offset)).to(self.dev)
+        kind = getattr(table, "init_noise", "gaussian")  # "uniform" for the mix sampler
+        x_t = initial_noise(kind, shape, seed=plan.seed, offset=offset, value_range=c.value_range)
+        x = torch.from_numpy(x_t).to(self.dev)
         xin = torch.empty((mb, *c.image_shape), device=self.dev) if cfg else x
         ts = torch.from_numpy(np.repeat(np.asarray(table.timesteps, np.int64)[:, None], mb, 1)).to(self.dev)
         out = torch.empty((mb, *c.image_shape), device=self.dev)

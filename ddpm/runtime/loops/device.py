@@ -35,7 +35,7 @@ import numpy as np
 
 from ddpm import artifact
 from ddpm.errors import ArtifactError, BackendError, ConfigError
-from ddpm.noise import INIT_STEP, randn
+from ddpm.noise import initial_noise, randn
 from ddpm.runtime.loops.guidance import uses_cfg
 from ddpm.runtime.loops.host import BatchResult, Check
 from ddpm.runtime.plan import Plan
@@ -264,7 +264,9 @@ class DeviceLoop:
               cfg: bool, s: int) -> np.ndarray:
         """Upload one batch's inputs (x_T, counter 0, zero prev_x0, table, first noise
         chunk, labels); returns the host copy of x_T."""
-        x_t = randn(shape, seed=plan.seed, step=INIT_STEP, offset=offset)
+        kind = getattr(plan.table, "init_noise", "gaussian")  # "uniform" for the mix sampler
+        x_t = initial_noise(kind, shape, seed=plan.seed, offset=offset,
+                            value_range=self.contract.value_range)
         bufs.x[0].update_inplace(x_t)
         bufs.step[0].update_inplace(np.zeros(1, np.int64))
         bufs.prev[0].update_inplace(np.zeros(shape, np.float32))  # step 0 has c_prev = 0
