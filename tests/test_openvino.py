@@ -100,7 +100,7 @@ def test_one_compiled_model_per_batch_size_lru_bounded(model, monkeypatch):
     x, t, y = _inputs(3, seed=1)
     for b in (1, 2, 1, 3):
         e.run(x[:b], t[:b], y[:b])
-    assert list(e._compiled) == [1, 3]  # 2 was least recently used; 1 moved to the end
+    assert list(e._compiled) == [(1, 1), (1, 3)]  # 2 was least recently used; 1 moved to the end
     for c in e._compiled.values():
         shapes = [tuple(i.get_shape()) for i in c.compiled.inputs]
         assert shapes[0][0] == shapes[1][0] == shapes[2][0]  # static batch on every input
@@ -110,10 +110,27 @@ def test_one_compiled_model_per_batch_size_lru_bounded(model, monkeypatch):
         e.run(x[:1], t[:1], y[:1])
 
 
+def test_batch_split_across_threads_matches_one_thread(ov_engine, model):
+    """2 threads: B >= 2 runs as single-thread chunks side by side, B == 1 on one 2-thread
+    compiled model; the outputs equal the 1-thread engine's within float rounding."""
+    two = OpenVinoEngine(model, num_threads=2, cache=False)
+    for b in (5, 1, 4):
+        x, t, y = _inputs(b, seed=10 + b)
+        np.testing.assert_allclose(two.run(x, t, y), ov_engine.run(x, t, y), atol=1e-5, rtol=0)
+    assert set(two._compiled) == {(1, 2), (1, 3), (2, 1)}  # 5 -> 2 + 3, 1 -> whole, 4 -> 2 + 2
+    threads = {k: int(c.compiled.get_property("INFERENCE_NUM_THREADS")) for k, c in two._compiled.items()}
+    assert threads == {(1, 2): 1, (1, 3): 1, (2, 1): 2}
+    unsplit = OpenVinoEngine(model, num_threads=2, cache=False, split=False)
+    unsplit.run(*_inputs(4, seed=0))
+    assert set(unsplit._compiled) == {(2, 4)}
+    two.close()
+    unsplit.close()
+
+
 def test_precision_pinned_to_f32_and_threads_and_latency_hint(ov_engine):
     x, t, y = _inputs(2, seed=2)
     ov_engine.run(x, t, y)
-    compiled = ov_engine._compiled[2].compiled
+    compiled = ov_engine._compiled[(1, 2)].compiled
     assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
     assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
     assert str(compiled.get_property("PERFORMANCE_HINT")) in ("LATENCY", "PerformanceMode.LATENCY")
@@ -170,7 +187,7 @@ def test_bf16_runs_close_to_f32(model):
     want = OpenVinoEngine(model, num_threads=1).run(x, t, y)
     e = OpenVinoEngine(model, compute_precision="bf16", num_threads=1)
     got = e.run(x, t, y)
-    assert e._compiled[4].compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "bf16"
+    assert e._compiled[(1, 4)].compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "bf16"
     np.testing.assert_allclose(got, want, atol=0.1, rtol=0)
 
 
@@ -365,4 +382,4 @@ def test_forked_child_recompiles_and_matches(model):
     p.start()
     p.join(120)
     assert p.exitcode == 0 and q.get(timeout=5) == 0.0
-    assert 2 in e._compiled  # the parent's compiled model is untouched
+    assert (1, 2) in e._compiled  # the parent's compiled model is untouched
