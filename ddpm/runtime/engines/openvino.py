@@ -15,9 +15,8 @@ folder, so later processes skip compilation.
 On ``threads`` > 1 a batch of B >= 2 is split like the ORT engine splits it: ``threads``
 contiguous chunks, each run on a single-threaded compiled model of its chunk size, side by
 side (OpenVINO releases the GIL). A small UNet is many short ops, and one multi-threaded
-request pays a hand-off per op; measured on the seed UNet at batch 16 on 2 busy cores, per
-call: 741-1123 ms split against 1116-1390 ms as one 2-thread request, same process. A single
-image runs on one compiled model with all threads (``split=False`` does that for every batch).
+request pays a hand-off per op (figures in docs/notes/cpu-engines.md). A single image runs
+on one compiled model with all threads (``split=False`` does that for every batch).
 
 An infer request is not thread-safe, a compiled model is: each call borrows an idle request
 of its compiled model from a small pool (creating one when all are busy) and returns it, so
