@@ -167,6 +167,11 @@ def _dynamo_onnx(module, args: tuple, spec: GraphSpec, opset: int, program=None)
     # inference rebuilds it, typed for every tensor, while the graph has standard ops only
     # (the int8 calibrator picks float tensors by value_info, also behind contrib ops).
     del model.graph.value_info[:]
+    # Per-node debug records (FX node, class path, Python stack trace with local file paths)
+    # are most of the file's bytes and tell a user of the graph nothing.
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    del model.graph.metadata_props[:]
     return name_batch_axis(onnx.shape_inference.infer_shapes(model))
 
 
