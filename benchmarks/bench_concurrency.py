@@ -107,7 +107,8 @@ def soak(args) -> dict:
     counter = count_sessions()
     from ddpm.runtime import Sampler, default_model_path
 
-    s = Sampler.from_path(args.model or str(default_model_path()), num_threads=args.ort_threads)
+    s = Sampler.from_path(args.model or str(default_model_path()), num_threads=args.ort_threads,
+                          **_engine_options(args))
     t0, trace, rounds = time.perf_counter(), [], 0
     while time.perf_counter() - t0 < args.soak:
         flat = mixed_requests(args.clients * args.requests, args.seed + rounds, s.contract.num_classes)
@@ -121,13 +122,18 @@ def soak(args) -> dict:
             "rss_end_over_rss_at_1min": round(trace[-1]["rss_mib"] / first["rss_mib"], 3)}
 
 
+def _engine_options(args) -> dict:
+    """Engine options given on the command line (only then: older checkouts lack them)."""
+    return {} if args.pad_slack is None else {"pad_slack": args.pad_slack}
+
+
 def measure(args) -> dict:
     """Both workloads in this interpreter, against whatever ddpm is importable."""
     counter = count_sessions()
     from ddpm.runtime import Sampler, default_model_path
 
     model = args.model or str(default_model_path())
-    s = Sampler.from_path(model, num_threads=args.ort_threads)
+    s = Sampler.from_path(model, num_threads=args.ort_threads, **_engine_options(args))
     classes = s.contract.num_classes
     rows = {}
     rss0 = rss_mib()
@@ -160,6 +166,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="seed of the mixed workload")
     ap.add_argument("--ort-threads", type=int, default=None, help="Sampler num_threads (default: cores)")
+    ap.add_argument("--pad-slack", type=float, default=None, help="ORT engine pad_slack (1 = off)")
     ap.add_argument("--max-seconds", type=float, default=60.0, help="stop issuing requests after this")
     ap.add_argument("--before", default=None, help="another checkout to measure in the same run")
     ap.add_argument("--out", default=None, help="write the result JSON here")
@@ -210,6 +217,8 @@ def _child_args(args) -> list[str]:
         out += ["--model", str(Path(args.model).resolve())]
     if args.ort_threads:
         out += ["--ort-threads", str(args.ort_threads)]
+    if args.pad_slack is not None:
+        out += ["--pad-slack", str(args.pad_slack)]
     return out
 
 
