@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ddpm.noise import INIT_STEP, randn
+from ddpm.noise import initial_noise, randn
 from ddpm.runtime.engines.base import Engine, HoldsSessions, RunFn
 from ddpm.runtime.loops.guidance import combine, uses_cfg
 from ddpm.runtime.plan import Plan
@@ -55,12 +55,16 @@ def run_batch(
     record: bool,
     tick: Callable[[], None],
     check: Check | None = None,
+    value_range: tuple[float, float] = (-1.0, 1.0),
 ) -> BatchResult:
-    """Sample [start, stop) of ``plan`` with ``run``; ``check()`` runs before every step."""
+    """Sample [start, stop) of ``plan`` with ``run``; ``check()`` runs before every step.
+
+    x_T is ``table.init_noise`` ("gaussian", or "uniform" on ``value_range`` for mix).
+    """
     table = plan.table
     shape = (stop - start, *image_shape)  # (B, C, H, W)
     offset = start * math.prod(image_shape)  # global element index of this batch's first sample
-    x = randn(shape, seed=plan.seed, step=INIT_STEP, offset=offset)
+    x = initial_noise(table.init_noise, shape, seed=plan.seed, offset=offset, value_range=value_range)
     y = None if plan.labels is None else plan.labels[start:stop]
     xts: list[np.ndarray] = []
     x0s: list[np.ndarray] = []
@@ -97,5 +101,5 @@ class HostLoop:
         with hold(self.engine, model_batch) as run:
             return run_batch(
                 run, plan, self.engine.contract.image_shape, start, stop,
-                record=record, tick=tick, check=check,
+                record=record, tick=tick, check=check, value_range=self.engine.contract.value_range,
             )
