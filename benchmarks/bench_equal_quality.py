@@ -51,20 +51,21 @@ def fewest_steps(curve: dict, ref: tuple[str, int], tol: float) -> dict[str, dic
     return found
 
 
-def time_samplers(choice: dict[str, dict], model: str | None, n: int, repeats: int,
-                  threads: int) -> dict[str, list[float]]:  # fmt: skip
+def time_samplers(runs: list[tuple[str, int]], model: str | None, n: int, repeats: int,
+                  threads: int) -> list[list[float]]:  # fmt: skip
+    """Seconds per call of each (sampler, steps), repeats interleaved so that load changes on
+    a shared machine hit every sampler alike."""
     from ddpm.runtime import Sampler
 
     s = Sampler.from_path(model, "ort", num_threads=threads)
     labels = np.arange(n) % s.num_classes if s.num_classes else None
-    times: dict[str, list[float]] = {k: [] for k in choice}
-    for k, c in choice.items():  # warm-up: sessions for the batch sizes used
-        s.sample(n, steps=1 if k != "mix" else c["steps"], sampler=k, labels=labels)
-    for _ in range(repeats):  # interleaved, so load changes hit every sampler alike
-        for k, c in choice.items():
+    times: list[list[float]] = [[] for _ in runs]
+    s.sample(n, steps=1, sampler=runs[0][0], labels=labels)  # warm-up: sessions per batch
+    for _ in range(repeats):
+        for j, (sampler, steps) in enumerate(runs):
             t0 = time.perf_counter()
-            s.sample(n, steps=c["steps"], sampler=k, seed=1, labels=labels)
-            times[k].append(time.perf_counter() - t0)
+            s.sample(n, steps=steps, sampler=sampler, seed=1, labels=labels)
+            times[j].append(time.perf_counter() - t0)
     return times
 
 
@@ -81,16 +82,17 @@ def main(argv: list[str] | None = None) -> None:
     curve = json.loads(args.curve.read_text())
     name, steps = args.ref.split(":")
     choice = fewest_steps(curve, (name, int(steps)), args.tolerance)
-    if name not in choice:  # the bar itself may qualify at fewer steps; time it at the bar too
-        choice[name] = {"steps": int(steps)}
-    times = time_samplers(choice, curve.get("model"), args.images, args.repeats, args.threads)
-    ref_ips = args.images / statistics.median(times[name])
+    # The bar itself is timed too (first), whatever its own sampler's fewest steps are.
+    runs = [(name, int(steps)), *((k, c["steps"]) for k, c in choice.items())]
+    times = time_samplers(runs, curve.get("model"), args.images, args.repeats, args.threads)
+    ref_ips = args.images / statistics.median(times[0])
     rows = []
-    for k, c in choice.items():
-        ips = args.images / statistics.median(times[k])
-        rows.append({"sampler": k, **c, "images_per_s": ips, "speedup_vs_ref": ips / ref_ips,
-                     "seconds": times[k]})  # fmt: skip
-        print(f"{k:8s} {c['steps']:5d} steps: {ips:7.2f} images/s  ({ips / ref_ips:.2f}x)")
+    for j, (k, n_steps) in enumerate(runs):
+        ips = args.images / statistics.median(times[j])
+        rows.append({"sampler": k, "steps": n_steps, "bar": j == 0, **(choice[k] if j else {}),
+                     "images_per_s": ips, "speedup_vs_ref": ips / ref_ips, "seconds": times[j]})
+        bar = " (the bar)" if j == 0 else ""
+        print(f"{k:8s} {n_steps:5d} steps: {ips:7.2f} images/s ({ips / ref_ips:.2f}x){bar}")
     result = {
         **cpu_facts(), "python": platform.python_version(), "command": "python " + " ".join(sys.argv),
         "load_avg": os.getloadavg(), "curve": str(args.curve), "curve_images": curve["images"],

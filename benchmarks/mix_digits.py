@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
     png = args.out.with_suffix(".png")
-    save_grid(png, images[:64], nrow=8)
+    save_grid(png, images[:64], nrow=8, scale=4)
     print(f"wrote {args.out} and {png}")
 
 

@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def plot(result: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -150,6 +151,9 @@ def plot(result: dict, path: Path) -> None:
         elif key == "cnn_ratio":
             ax.axhline(0.95, color="grey", ls="--", label="0.95x gate")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xticks(sorted({r["steps"] for r in result["rows"] if r.get("allowed")}))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("model calls per image (steps)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
@@ -171,7 +175,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS / "quality_curve.json")
+    ap.add_argument("--replot", action="store_true", help="only redraw the PNG of --out's JSON")
     args = ap.parse_args(argv)
+    if args.replot:
+        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        return
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out) as tmp:
