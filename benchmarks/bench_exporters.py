@@ -123,6 +123,18 @@ def bench_preset(arch: str, size: int, batch_size: int, reps: int, aoti: bool, w
     }
 
 
+def lscpu() -> dict[str, str]:
+    """``lscpu``'s model name and full flag list (empty where lscpu is missing)."""
+    import subprocess
+
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    rows = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {k: rows[k].strip() for k in ("Model name", "Flags") if k in rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     from conftest import TINY_CONFIGS
 
@@ -151,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "benchmark": "bench_exporters",
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
-        "cpu": cpuinfo.cpu_facts(),
+        "cpu": cpuinfo.cpu_facts(), "lscpu": lscpu(),
         "python": platform.python_version(), "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__, "threads": 1,
         "note": "random-weight small presets; ms = median of --reps calls, contenders round-robin",
