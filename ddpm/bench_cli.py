@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from ddpm._cli import friendly_errors
+from ddpm._cli import OneLineCommand, friendly_errors
 from ddpm.errors import ConfigError
 
 NEEDS = ("torch", "diffusers", "onnxruntime", "onnx")
@@ -31,7 +31,7 @@ def check_installed() -> None:
         )
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"],
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"],
                                  "ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--quick", is_flag=True, help="Tiny model, batch 1 and 2, 3 steps: a smoke test.")
 @click.option("--help-bench", is_flag=True, help="List the benchmark's own options.")

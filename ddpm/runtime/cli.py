@@ -9,13 +9,14 @@ nothing but numpy + onnxruntime on the default path.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from ddpm import defaults
-from ddpm._cli import friendly_errors
+from ddpm._cli import OneLineCommand, friendly_errors
 from ddpm._io import check_writable_dir
 from ddpm.errors import BackendError, DDPMError, OutputError
 
@@ -46,21 +47,6 @@ def flag_errors(fn):
     return wrapper
 
 
-class _OneLineCommand(click.Command):
-    """Usage errors (``--steps abc``) as one ``error:`` line, exit 2, like our own errors."""
-
-    def main(self, *args, **kwargs):  # type: ignore[override]
-        try:
-            kwargs["standalone_mode"] = False
-            return super().main(*args, **kwargs)
-        except click.ClickException as e:
-            click.echo(f"error: {e.format_message().rstrip('.')}; see ddpm-run --help", err=True)
-            sys.exit(e.exit_code)
-        except click.exceptions.Abort:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-
-
 def check_output(path: str | None, what: str) -> Path | None:
     """Fail early (before sampling, creating nothing) if ``path`` could not be written."""
     if path is None:
@@ -80,7 +66,7 @@ def check_output(path: str | None, what: str) -> Path | None:
 D = defaults
 
 
-@click.command(cls=_OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model", default=None, help="model.onnx / model.ts / ckpt.pt, or its folder (ort on CPU then prefers model_optimized.onnx). Default: the bundled digits model.")
 @click.option("--steps", default=D.STEPS, show_default=True, type=int, help="Inference steps (1..training T).")
 @click.option("--sampler", default=D.SAMPLER, show_default=True, help="ddpm (ancestral) or ddim.")
@@ -147,16 +133,8 @@ def main(model, steps, sampler, eta, backend, device, n, batch_size, seed, label
     with click.progressbar(length=total, label="sampling", file=sys.stderr, hidden=not show) as bar:
         result = s.run(plan, trajectory=trajectory is not None, progress=lambda d, t: bar.update(1))
 
-    from ddpm.images import make_grid, write_image
-
-    grid = make_grid(result.images)
-    write_image(out, make_grid(result.images, scale=scale or D.grid_scale(*grid.shape[:2])))
-    if npz:
-        _save_npz(npz, result)
-    if trajectory:
-        from ddpm.runtime.trajectory import save_trajectory
-
-        save_trajectory(trajectory, result, s.contract.value_range, samples=trajectory_samples, scale=scale)
+    write_outputs(result, s.contract.value_range, out, npz=npz, trajectory=trajectory,
+                  scale=scale, trajectory_samples=trajectory_samples)
     c, h, w = s.contract.image_shape
     extra = "".join(f", {p}" for p in (npz, trajectory) if p)
     click.echo(
@@ -166,7 +144,41 @@ def main(model, steps, sampler, eta, backend, device, n, batch_size, seed, label
     )
 
 
-def _save_npz(path: str, result) -> None:
+def write_outputs(
+    result, value_range: tuple[float, float], out: str, *, npz: str | None = None,
+    trajectory: str | None = None, scale: int | None = None,
+    trajectory_samples: int = D.TRAJECTORY_SAMPLES,
+) -> None:
+    """Write the grid, the .npz and the strip as a whole (:func:`ddpm._io.atomic_files`):
+    on any failure none of them is written and files already there are left as they were."""
+    from ddpm._io import STAGE_PREFIX, atomic_files, output_error
+    from ddpm.images import make_grid, write_image
+    from ddpm.runtime.trajectory import save_trajectory
+
+    grid = make_grid(result.images)
+    writers = [(out, lambda p: write_image(p, make_grid(result.images, scale=scale or D.grid_scale(*grid.shape[:2]))))]
+    if npz:
+        writers.append((npz, lambda p: _save_npz(p, result)))
+    if trajectory:
+        writers.append((trajectory, lambda p: save_trajectory(p, result, value_range, samples=trajectory_samples,
+                                                              scale=scale)))
+    finals = [Path(p).resolve() for p, _ in writers]
+    root = Path(os.path.commonpath([p.parent for p in finals]))  # one staging folder for all
+    current = [out]  # the file being written, for the message
+    try:
+        with atomic_files(root) as stage:
+            for (name, write), final in zip(writers, finals, strict=True):
+                current[0] = name
+                staged = stage / final.relative_to(root)
+                staged.parent.mkdir(parents=True, exist_ok=True)
+                write(staged)
+    except OSError as e:
+        names = ", ".join(p for p, _ in writers)
+        where = e.filename if e.filename and STAGE_PREFIX not in str(e.filename) else current[0]
+        raise output_error(where, e, note=f"none of {names} was written; files already there are unchanged") from None
+
+
+def _save_npz(path: str | Path, result) -> None:
     import numpy as np
 
     from ddpm._io import atomic_path

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ddpm import defaults
+from ddpm import defaults, limits
 from ddpm.artifact import Contract
 from ddpm.errors import ConfigError
 from ddpm.noise import SEED_MAX
@@ -48,12 +48,20 @@ class Plan:
         return [(s, min(s + self.batch_size, self.n)) for s in range(0, self.n, self.batch_size)]
 
 
-def check_int(name: str, value: object, lo: int, hi: int | None = None, why: str = "") -> int:
-    """``value`` as an int in lo..hi (hi None: unbounded), else ConfigError with ``field=name``."""
+def check_int(
+    name: str, value: object, lo: int, hi: int | None = None, why: str = "", *, bound: str | None = None
+) -> int:
+    """``value`` as an int in lo..hi (hi None: unbounded), else ConfigError with ``field=name``.
+
+    ``bound`` names a :mod:`ddpm.limits` entry checked as well (its message says how to
+    raise it), so a size that would be allocated (``n``, ``batch_size``) is refused first.
+    """
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if not ok or value < lo or (hi is not None and value > hi):
         rng = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
         raise ConfigError(f"{name} must be an integer {rng}, got {value!r}{why}", field=name)
+    if bound is not None:
+        limits.check_int(name, int(value), bound, minimum=lo, field=name)
     return int(value)
 
 
@@ -122,7 +130,9 @@ def make_plan(contract: Contract, n: int | None = None, **request: Any) -> Plan:
             field=unknown[0],
         )
     r = {k: request.get(k) for k in REQUEST_KEYS}
-    n = check_int("n", defaults.N if n is None else n, 1)
+    # Bounded before anything sized by n (labels, noise, the result) is allocated.
+    n = check_int("n", defaults.N if n is None else n, 1, bound="NUM_SAMPLES")
+    limits.check_elements("the samples of n images", (n, *contract.image_shape), field="n")
     T = contract.schedule_config.num_train_timesteps
     steps = check_int("steps", defaults.STEPS if r["steps"] is None else r["steps"], 1, T,
                       f" (the model was trained with T={T})")
@@ -130,15 +140,19 @@ def make_plan(contract: Contract, n: int | None = None, **request: Any) -> Plan:
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}; expected {' or '.join(SAMPLERS)}", field="sampler")
     eta = defaults.ETA if r["eta"] is None else r["eta"]
-    if not isinstance(eta, numbers.Real) or not float(eta) >= 0.0:
-        raise ConfigError(f"eta must be a number >= 0 (0 DDIM .. 1 DDPM-like), got {eta!r}", field="eta")
+    # DDIM's eta interpolates 0 (deterministic) .. 1 (DDPM's variance); beyond 1 sigma
+    # exceeds the remaining noise and the update takes the square root of a negative number.
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0.0 <= float(eta) <= 1.0:
+        raise ConfigError(
+            f"eta must be a number in 0..1 (0 deterministic DDIM, 1 DDPM-like), got {eta!r}", field="eta"
+        )
     if sampler == "ddpm" and float(eta) != 0.0:
         raise ConfigError(f"eta={eta} applies only to sampler 'ddim'; use eta 0 or sampler 'ddim'", field="eta")
     seed = check_int("seed", defaults.SEED if r["seed"] is None else r["seed"], 0, SEED_MAX)
     labels = resolve_labels(contract, n, r["labels"])
     guidance = _guidance(contract, r["guidance"], labels)
     bs = defaults.BATCH_SIZE if r["batch_size"] is None else r["batch_size"]
-    bs = min(check_int("batch_size", bs, 1), n)
+    bs = min(check_int("batch_size", bs, 1, bound="BATCH_SIZE"), n)
     return Plan(
         n=n,
         table=step_table(contract.schedule_config, steps, sampler=sampler, eta=float(eta)),
