@@ -426,6 +426,16 @@ def test_reference_requires_noise_when_sigma_positive() -> None:
     assert prev.dtype == torch.float16 and x0.dtype == torch.float16
 
 
+def test_reference_refuses_a_dynamic_thresholding_table() -> None:
+    from ddpm.errors import ConfigError
+    from ddpm.kernels.reference import step
+
+    table = step_table(ScheduleConfig(thresholding=True), N_STEPS, sampler="dpm++2m")
+    x = torch.zeros(1, 1, 2, 2)
+    with pytest.raises(ConfigError, match="dynamic thresholding"):
+        step(table, 0, x, x, None)
+
+
 def test_import_is_lazy() -> None:
     code = ("import sys, ddpm.kernels, ddpm.noise\n"
             "assert not {'torch', 'triton'} & set(sys.modules), sorted(sys.modules)")  # fmt: skip
