@@ -128,3 +128,119 @@ def test_ddpm_run_failing_midway_leaves_the_previous_outputs_as_they_were(tmp_pa
     assert "none of" in result.output and "unchanged" in result.output
     assert out.read_bytes() == b"previous grid" and npz.read_bytes() == b"previous npz"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz", "s.png"]  # no temp left
+
+
+@pytest.mark.parametrize("case", ["image size", "int32 timestep", "output name"])
+def test_onnx_contract_that_contradicts_the_graph_fails_at_load(tmp_path, case):
+    import onnx
+
+    def retype(name: str, elem: int):
+        def change(model):
+            for i in model.graph.input:
+                if i.name == name:
+                    i.type.tensor_type.elem_type = elem
+        return change
+
+    if case == "image size":
+        path = _onnx_with(tmp_path, contract_changes={"image_height": 32, "image_width": 32})
+    elif case == "int32 timestep":
+        path = _onnx_with(tmp_path, graph_change=retype("timestep", onnx.TensorProto.INT32))
+    else:
+        outputs = [{**o, "name": "not_in_the_graph"} for o in artifact.read(ASSET).to_dict()[
+            "outputs"]]
+        path = _onnx_with(tmp_path, contract_changes={"outputs": outputs})
+    with pytest.raises(ArtifactError, match="graph"):
+        _open(path)
+
+
+@pytest.mark.parametrize("threads", [0, -1])
+def test_threads_below_one_are_refused(threads):
+    from ddpm.runtime.sampler import Sampler
+
+    with pytest.raises(ConfigError, match="threads"):
+        Sampler.from_path(ASSET, "ort", "cpu", num_threads=threads)
+
+
+def test_threads_100000_is_one_line_exit_2_not_a_segfault_or_a_hang(tmp_path):
+    try:  # refused up front, it takes a second; today it hangs (or segfaults)
+        proc = subprocess.run([str(BIN / "ddpm-run"), "--threads", "100000", "-n", "1",
+                               "--steps", "1", "--out", str(tmp_path / "s.png"),
+                               "--no-progress"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("ddpm-run --threads 100000 still running after 15 s")
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-300:])
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+
+
+def test_checkpoint_given_to_the_ort_backend_names_the_right_backend(tmp_path):
+    from conftest import write_checkpoint
+
+    ckpt = write_checkpoint(tmp_path / "ckpt.pt", "basic")
+    with pytest.raises(DDPMError) as e:
+        _open(ckpt, "ort")
+    message = str(e.value)
+    assert "TorchScript" not in message
+    assert "--backend torch" in message and "ddpm-export" in message
+
+
+def _tiny_ts(tmp_path: Path, image_size: int = 16) -> Path:
+    """A TorchScript basic model of ``image_size`` whose contract claims 64x64 pixels."""
+    import torch
+
+    from ddpm.models.registry import build
+
+    model = build("basic", channels=(8, 8), kernel_size=3, image_size=image_size).eval()
+    shape = (1, 1, image_size, image_size)
+    ts = torch.jit.trace(model, (torch.zeros(shape), torch.zeros(1, dtype=torch.long)))
+    d = artifact.read(ASSET).to_dict()
+    d.update(arch="basic", model_config={"channels": [8, 8], "kernel_size": 3},
+             image_height=64, image_width=64, num_classes=0, null_label=None,
+             inputs=[s for s in d["inputs"] if s["name"] != "class_labels"])
+    path = tmp_path / "model.ts"
+    torch.jit.save(ts, str(path), _extra_files={artifact.TS_EXTRA_FILE: json.dumps(d)})
+    return path
+
+
+@pytest.mark.parametrize("given, backend, says, fix", [
+    ("onnx", "torchscript", "an ONNX graph", "backend 'ort'"),
+    ("onnx", "torch", "an ONNX graph", "backend 'ort'"),
+    ("ts", "ort", "a TorchScript archive", "backend 'torchscript'"),
+    ("ts", "openvino", "a TorchScript archive", "backend 'torchscript'"),
+    ("ckpt", "openvino", "a training checkpoint", "ddpm-export"),
+    ("ckpt", "torchscript", "a training checkpoint", "--backend torch"),
+])
+def test_wrong_backend_for_a_file_names_what_it_is_and_what_fits(tmp_path, given, backend, says, fix):
+    from conftest import write_checkpoint
+
+    path = {"onnx": lambda: ASSET, "ts": lambda: _tiny_ts(tmp_path),
+            "ckpt": lambda: write_checkpoint(tmp_path / "ckpt.pt", "basic")}[given]()
+    with pytest.raises(ArtifactError) as e:
+        _open(path, backend)
+    message = str(e.value)
+    assert says in message and fix in message and "\n" not in message, message
+    assert e.value.field == "backend"
+
+
+def test_onnx_graph_with_an_fp16_input_fails_at_load_naming_the_dtype(tmp_path):
+    import onnx
+
+    def fp16_sample(model):
+        model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+
+    path = _onnx_with(tmp_path, graph_change=fp16_sample)
+    with pytest.raises(DDPMError, match="float16") as e:
+        _open(path)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("case", ["image size", "output name"])
+def test_openvino_checks_the_contract_against_the_graph_at_load(tmp_path, case):
+    pytest.importorskip("openvino")
+    if case == "image size":
+        path = _onnx_with(tmp_path, contract_changes={"image_height": 32, "image_width": 32})
+    else:
+        outputs = [{**o, "name": "not_in_the_graph"} for o in artifact.read(ASSET).to_dict()[
+            "outputs"]]
+        path = _onnx_with(tmp_path, contract_changes={"outputs": outputs})
+    with pytest.raises(ArtifactError, match="graph"):
+        _open(path, "openvino")

@@ -117,14 +117,13 @@ def main(model, steps, sampler, eta, backend, device, n, batch_size, seed, label
 
     if precision == "bf16" and backend != "openvino":  # a compute precision, not a file variant
         raise BackendError(f"--precision bf16 needs --backend openvino, got {backend!r}; add --backend openvino")
-    prec = {"compute_precision": "bf16"} if precision == "bf16" else {"precision": precision}
     if update == "triton":
         if loop == "host":
             raise BackendError("--update triton is its own device loop; drop --loop host", field="loop")
         loop = "triton"
     cuda_kw = {"tf32": True} if tf32 else {}
     s = Sampler.from_path(model, backend, device, num_threads=threads, tensorrt=tensorrt, cuda_graph=cuda_graph,
-                          spin=spin, loop=loop, **cuda_kw, **prec)
+                          spin=spin, loop=loop, precision=precision, **cuda_kw)
     plan = s.plan(n, steps=steps, sampler=sampler, eta=eta, seed=seed, labels=label,
                   guidance=guidance, batch_size=batch_size)
 

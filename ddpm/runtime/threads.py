@@ -58,13 +58,29 @@ class ThreadBudget:
 
 BUDGET = ThreadBudget(physical_cores())
 
+#: A thread count above this many per physical core only adds contention (and ORT's pool
+#: creation fails in odd ways for tens of thousands of threads), so it is refused.
+MAX_THREADS_PER_CORE = 4
+
+
+def check_threads(value: object, field: str = "num_threads") -> int | None:
+    """``value`` (None: the default) as a thread count in 1..4x the physical cores, else
+    ConfigError with ``field`` set."""
+    if value is None:
+        return None
+    top = MAX_THREADS_PER_CORE * physical_cores()
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        raise ConfigError(
+            f"{field} must be an integer in 1..{top} ({MAX_THREADS_PER_CORE}x this machine's "
+            f"{physical_cores()} physical cores), got {value!r}; pass e.g. {physical_cores()} "
+            "or leave it unset for the physical cores", field=field,
+        )
+    return value
+
 
 def set_thread_budget(total: int | None) -> int:
     """Cap the CPU threads all Samplers in this process use at once (None: physical cores)."""
-    if total is None:
-        total = physical_cores()
-    if not isinstance(total, int) or isinstance(total, bool) or total < 1:
-        raise ConfigError(f"thread budget must be an integer >= 1, got {total!r}", field="total")
+    total = check_threads(total, field="total") or physical_cores()
     BUDGET.set_total(total)
     return total
 

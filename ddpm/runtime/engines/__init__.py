@@ -9,8 +9,10 @@ Adding an engine takes two steps:
    ``NameEngine(path, device="cpu", **options)`` that has ``name``, ``contract``, ``device``,
    ``path``, a thread-safe ``run(x, t, y) -> out`` and ``close()``, plus the class attributes
    ``default_file`` (looked for when given a folder, e.g. ``"model.xml"``) and
-   ``written_by`` (the command that writes it, for the not-found message). Keep the module
-   import cheap: import the heavy library inside ``__init__``;
+   ``written_by`` (the command that writes it, for the not-found message), and optionally
+   ``compute_precisions`` (default ``("fp32",)``: the arithmetic it can run, e.g. OpenVINO's
+   ``("fp32", "bf16")``; it receives ``compute_precision=`` for anything but fp32). Keep the
+   module import cheap: import the heavy library inside ``__init__``;
 2. add one line ``"NAME": "ddpm.runtime.engines.NAME:NameEngine"`` to ``ENGINES``.
 
 :func:`open_engine` passes an engine only the options its constructor names (or all of
@@ -26,6 +28,8 @@ from typing import Any
 
 from ddpm.errors import ArtifactError, BackendError
 from ddpm.runtime.engines.base import Engine, HoldsSessions
+from ddpm.runtime.engines.kinds import check_kind
+from ddpm.runtime.threads import check_threads
 
 ENGINES: dict[str, str] = {
     "ort": "ddpm.runtime.engines.ort:OrtEngine",
@@ -39,6 +43,9 @@ BACKENDS = tuple(ENGINES)
 DEVICES = ("cpu", "cuda")
 #: ``precision`` -> suffix of the ONNX file holding that graph (ddpm-export --int8 writes it).
 PRECISIONS = {"fp32": "", "int8": "_int8", "fp16": "_fp16"}
+#: Precisions of the arithmetic rather than of the file: the fp32 graph, run by an engine
+#: whose ``compute_precisions`` names it (see the module docstring).
+COMPUTE_PRECISIONS = ("bf16",)
 #: Files tried in order when an fp32 engine is given a folder, best first, by (backend,
 #: device): the CPU EP runs ddpm-export --optimize's fused graph faster than the plain one.
 #: fp16 is never picked unasked (precision="fp16" opens model_fp16.onnx).
@@ -46,7 +53,7 @@ PREFERRED = {("ort", "cpu"): ("model_optimized.onnx",)}
 #: (backend, device) served by a device-specific subclass of the backend's engine.
 DEVICE_ENGINES = {("ort", "cuda"): "ddpm.runtime.engines.ort_cuda:OrtCudaEngine"}
 
-__all__ = ["BACKENDS", "DEVICES", "ENGINES", "Engine", "HoldsSessions", "engine_class", "open_engine", "resolve_file"]
+__all__ = ["BACKENDS", "COMPUTE_PRECISIONS", "DEVICES", "ENGINES", "Engine", "HoldsSessions", "engine_class", "open_engine", "resolve_file"]
 
 
 def engine_class(backend: str) -> type:
@@ -69,8 +76,9 @@ def resolve_file(path: str | Path, backend: str, precision: str = "fp32", device
     """
     cls = engine_class(backend)
     if precision not in PRECISIONS:
+        known = (*PRECISIONS, *COMPUTE_PRECISIONS)
         raise BackendError(
-            f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}", field="precision"
+            f"unknown precision {precision!r}; expected one of {', '.join(known)}", field="precision"
         )
     if precision != "fp32" and backend != "ort":
         raise BackendError(
@@ -96,15 +104,38 @@ def resolve_file(path: str | Path, backend: str, precision: str = "fp32", device
     return p
 
 
+def compute_precision(backend: str, precision: str) -> str | None:
+    """The ``compute_precision`` to hand ``backend``'s engine for ``precision`` (None: it is a
+    file variant or fp32); BackendError naming the backends that run it if this one cannot."""
+    if precision not in COMPUTE_PRECISIONS:
+        return None
+    if precision in getattr(engine_class(backend), "compute_precisions", ("fp32",)):
+        return precision
+    able = [b for b in ENGINES if precision in getattr(engine_class(b), "compute_precisions", ())]
+    raise BackendError(
+        f"precision {precision!r} is computed by backend {' or '.join(map(repr, able))} only, "
+        f"got backend {backend!r}; use backend {able[0]!r} or precision 'fp32'", field="precision",
+    )
+
+
 def open_engine(path: str | Path, backend: str = "ort", device: str = "cpu", **options: Any) -> Engine:
     """Open ``path`` with ``backend`` on ``device``; every failure is a one-line DDPMError.
 
-    ``precision`` picks the file (see :func:`resolve_file`); other options go to the engine.
+    ``precision`` picks the file (see :func:`resolve_file`), or for a compute precision such
+    as bf16 the engine's arithmetic; ``num_threads`` is checked against
+    :func:`ddpm.runtime.threads.check_threads`; other options go to the engine.
     """
     cls = engine_class(backend)
     if device not in DEVICES:
         raise BackendError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}", field="device")
-    p = resolve_file(path, backend, options.pop("precision", "fp32"), device)
+    check_threads(options.get("num_threads"))
+    precision = options.pop("precision", "fp32")
+    compute = compute_precision(backend, precision)
+    if compute is not None:
+        options["compute_precision"] = compute
+        precision = "fp32"  # the arithmetic changes, the file is the fp32 graph
+    p = resolve_file(path, backend, precision, device)
+    check_kind(p, backend, cls.default_file)
     if options.get("tf32") and device != "cuda":
         raise BackendError(
             f"--tf32 needs --device cuda, got device {device!r} (TF32 is CUDA tensor-core math); "

@@ -28,6 +28,7 @@ class AutoEngine:
     name = "auto"
     default_file = "model.onnx"
     written_by = "ddpm-export"
+    compute_precisions = ("fp32",)
 
     def __init__(
         self, path: Path, device: str = "cpu", *, num_threads: int | None = None,

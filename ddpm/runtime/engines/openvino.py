@@ -29,7 +29,6 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-import zipfile
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +39,8 @@ import numpy as np
 from ddpm import artifact
 from ddpm.errors import ArtifactError, BackendError, first_line
 from ddpm.runtime import forksafe
+from ddpm.runtime.engines.kinds import check_kind
+from ddpm.runtime.engines.signature import check_signature, openvino_ports
 from ddpm.runtime.ort_session import physical_cores
 from ddpm.runtime.threads import BUDGET
 
@@ -133,6 +134,7 @@ class OpenVinoEngine:
     name = "openvino"
     default_file = "model.onnx"
     written_by = "ddpm-export"
+    compute_precisions = tuple(PRECISIONS)
 
     def __init__(
         self, path: Path, device: str = "cpu", *, num_threads: int | None = None,
@@ -152,11 +154,7 @@ class OpenVinoEngine:
         self.path = Path(path)
         self.device = device
         self.precision = precision
-        if zipfile.is_zipfile(self.path):
-            raise ArtifactError(
-                f"{self.path}: is a TorchScript archive, not ONNX; pass the model.onnx written "
-                "beside it, or --backend torchscript"
-            )
+        check_kind(self.path, "openvino", self.default_file)
         self.contract = artifact.read(self.path)
         if self.contract.graph != "model":
             raise ArtifactError(
@@ -182,13 +180,8 @@ class OpenVinoEngine:
                 f"{self.path}: OpenVINO cannot read this model ({first_line(e)}); re-export it "
                 "with `ddpm-export CKPT`, or use --backend ort"
             ) from None
-        got = tuple(i.get_any_name() for i in self._model.inputs)
-        if got != self.contract.input_names or len(self._model.outputs) != 1:
-            raise ArtifactError(
-                f"{self.path}: graph inputs {got} ({len(self._model.outputs)} outputs) differ from "
-                f"its contract's {self.contract.input_names} (1 output); the file was edited "
-                "after export: re-export it with `ddpm-export CKPT`"
-            )
+        check_signature(self.path, self.contract, openvino_ports(self._model.inputs),
+                        openvino_ports(self._model.outputs))
         self.threads = max(1, int(num_threads or physical_cores()))
         self.split = split and self.threads > 1
         self._config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +30,9 @@ import ddpm.runtime.forksafe as forksafe
 from ddpm import artifact
 from ddpm.errors import ArtifactError, BackendError, ConfigError
 from ddpm.runtime.engines.base import RunFn
+from ddpm.runtime.engines.kinds import check_kind
 from ddpm.runtime.engines.sessions import SessionCache
+from ddpm.runtime.engines.signature import check_signature, ort_ports
 from ddpm.runtime.ort_session import create_session, physical_cores
 from ddpm.runtime.threads import BUDGET
 
@@ -75,6 +76,7 @@ class OrtEngine:
     name = "ort"
     default_file = "model.onnx"
     written_by = "ddpm-export"
+    compute_precisions = ("fp32",)  # int8 / fp16 are file variants (engines.PRECISIONS)
 
     def __init__(
         self,
@@ -89,11 +91,7 @@ class OrtEngine:
         max_session_bytes: int | None = None,
         pad_slack: float = PAD_SLACK,
     ) -> None:
-        if zipfile.is_zipfile(path):
-            raise ArtifactError(
-                f"{path}: is a TorchScript archive, not ONNX; use backend 'torchscript' "
-                "or the model.onnx written beside it"
-            )
+        check_kind(path, "ort", self.default_file)
         self.contract = artifact.read(path)
         if self.contract.graph != "model":
             raise ArtifactError(
@@ -110,6 +108,8 @@ class OrtEngine:
         self._session_kw: dict[str, Any] = dict(device=device, spin=spin, tensorrt=tensorrt, cuda_graph=cuda_graph)
         # The dynamic-batch session: checks the file once, and serves non-CPU devices.
         self._session: Any = self._open(None)
+        check_signature(self.path, self.contract, ort_ports(self._session.get_inputs()),
+                        ort_ports(self._session.get_outputs()))
         self._names = self.contract.input_names
         self._output = self._session.get_outputs()[0].name
         dim = self._session.get_inputs()[0].shape[0]

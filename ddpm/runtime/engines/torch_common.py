@@ -44,6 +44,7 @@ class TorchEngineBase:
     path: Path
     module: Any
     dev: Any
+    compute_precisions = ("fp32",)
 
     def run(self, x: np.ndarray, t: np.ndarray, y: np.ndarray | None) -> np.ndarray:
         import torch
