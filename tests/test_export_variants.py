@@ -82,7 +82,7 @@ def test_step_graph_has_no_control_flow_and_matches_numpy_step(variants, exporte
     assert has_control_flow(model) == []
     assert not {n.op_type for n in model.graph.node} & {"Loop", "If", "Scan"}
     rows = _rows(variants, "step graph")
-    assert {r.backend for r in rows} == {"step graph x_prev", "step graph x0"}
+    assert {r.backend for r in rows} >= {"step graph x_prev", "step graph x0"}
     assert all(r.max_abs <= STEP_ATOL for r in rows)
     c = read(path)
     assert c.graph == "step" and c.step_graph["num_inference_steps"] == 20
