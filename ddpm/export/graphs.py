@@ -21,15 +21,14 @@ as a graph value; validation runs batch 1 and 7 against a batch-2 trace to prove
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import os
 import warnings
 from pathlib import Path
 
 from ddpm.artifact import CONTRACT_KEY, TS_EXTRA_FILE, Contract
 from ddpm.errors import ConfigError, ValidationError, first_line
+from ddpm.export.quiet import quiet
 from ddpm.export.spec import GraphSpec
 
 #: ``--onnx-exporter`` value -> what the contract's ``versions["exporter"]`` records.
@@ -102,24 +101,6 @@ def example_inputs(image_shape: tuple[int, int, int], num_classes: int, num_time
     if num_classes > 0:
         return (x, t, torch.tensor([0, num_classes][:TRACE_BATCH], dtype=torch.int64))
     return (x, t)
-
-
-@contextlib.contextmanager
-def quiet():
-    """Silence tracer warnings (every Python int they see; the parity check is our proof),
-    deprecation notices, and the ORT optimizer's logging and progress bars."""
-    import logging
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                yield
-    finally:
-        root.setLevel(level)
 
 
 def export_onnx(

@@ -30,7 +30,7 @@ def export_program(module, args: tuple, spec: GraphSpec):
     """The ExportedProgram of ``module`` at ``args``; ValidationError (one line) on failure."""
     import torch
 
-    from ddpm.export.graphs import quiet
+    from ddpm.export.quiet import quiet
 
     try:
         with quiet(), torch.no_grad():

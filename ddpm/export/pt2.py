@@ -50,7 +50,7 @@ def compile_aoti(program, path: str | os.PathLike, contract: Contract) -> None:
     """AOTInductor-compile ``program`` into a package at ``path`` and add the contract to it."""
     import torch
 
-    from ddpm.export.graphs import quiet
+    from ddpm.export.quiet import quiet
 
     if shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None:
         raise BackendError("--aoti needs a C++ compiler (g++), which is not on PATH; "
