@@ -1,4 +1,4 @@
-"""Export a checkpoint to TorchScript + ONNX carrying the artifact contract (torch + onnx).
+"""Export a checkpoint to ONNX + TorchScript (+ torch.export pt2) carrying the artifact contract.
 
 ``export_checkpoint(ckpt_path, out_dir=None, ...) -> ExportResult`` is the entry point; the
 ``ddpm-export`` CLI (cli.py) only parses arguments and calls it. Attributes are resolved
