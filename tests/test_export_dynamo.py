@@ -67,8 +67,11 @@ def test_fp16_and_int8_validate_on_the_dynamo_graph(unet2d_variants):
 
 
 def test_export_works_with_the_legacy_exporter_blocked(make_checkpoint, tmp_path, monkeypatch):
-    """torch.onnx.export(dynamo=False) imports this module on every call; None blocks it."""
+    """torch.onnx.export(dynamo=False) imports the legacy exporter's module on every call;
+    None in sys.modules makes that import fail. (``import torch.onnx`` itself loads it once for
+    deprecated names, so torch.onnx is imported before the block.)"""
     import torch
+    import torch.onnx  # noqa: F401
 
     from ddpm.export import export_checkpoint
 
