@@ -244,3 +244,77 @@ def test_openvino_checks_the_contract_against_the_graph_at_load(tmp_path, case):
         path = _onnx_with(tmp_path, contract_changes={"outputs": outputs})
     with pytest.raises(ArtifactError, match="graph"):
         _open(path, "openvino")
+
+
+def test_nan_initializer_in_the_onnx_graph_is_an_error_not_garbage_images(tmp_path):
+    from onnx import numpy_helper
+
+    def poison(model):
+        init = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+        arr = numpy_helper.to_array(init).copy()
+        arr.reshape(-1)[0] = np.nan
+        init.CopyFrom(numpy_helper.from_array(arr, init.name))
+
+    s = _open(_onnx_with(tmp_path, graph_change=poison))
+    with pytest.raises(NonFiniteError):
+        s.run(s.plan(2, steps=2, labels=1))
+
+
+def test_torchscript_whose_contract_lies_about_the_image_size_fails_at_load(tmp_path):
+    import torch
+
+    from ddpm.models.registry import build
+
+    model = build("basic", channels=(8, 8), kernel_size=3, image_size=16).eval()
+    ts = torch.jit.trace(model, (torch.zeros(1, 1, 16, 16), torch.zeros(1, dtype=torch.long)))
+    d = artifact.read(ASSET).to_dict()
+    d.update(arch="basic", model_config={"channels": [8, 8], "kernel_size": 3},
+             image_height=64, image_width=64, num_classes=0, null_label=None,
+             inputs=[s for s in d["inputs"] if s["name"] != "class_labels"])
+    artifact.Contract.from_dict(d)  # the contract itself is self-consistent
+    path = tmp_path / "model.ts"
+    torch.jit.save(ts, str(path), _extra_files={artifact.TS_EXTRA_FILE: json.dumps(d)})
+    with pytest.raises(ArtifactError, match="16"):
+        _open(path, "torchscript")
+
+
+def test_api_loop_errors_name_arguments_and_the_cli_shows_them_as_flags():
+    from ddpm.errors import BackendError
+    from ddpm.runtime.cli import as_flags
+    from ddpm.runtime.loops import check_backend
+
+    with pytest.raises(BackendError) as e:
+        check_backend("torch", "device")
+    assert e.value.field == "loop" and "--" not in str(e.value)
+    assert "loop='device'" in str(e.value) and "backend='ort'" in str(e.value)
+    shown = as_flags(str(e.value))
+    assert "--loop device" in shown and "needs --backend ort" in shown and "--backend torch" in shown
+
+
+def test_bf16_is_a_compute_precision_the_ort_engine_refuses_in_one_line():
+    from ddpm.errors import BackendError
+
+    with pytest.raises(BackendError, match="openvino") as e:
+        _open_with(ASSET, "ort", precision="bf16")
+    assert e.value.field == "precision" and "\n" not in str(e.value)
+
+
+def test_bf16_reaches_the_openvino_engine_as_its_compute_precision():
+    pytest.importorskip("openvino")
+    from ddpm.errors import BackendError
+    from ddpm.runtime.engines.openvino import native_bf16
+
+    if native_bf16():
+        s = _open_with(ASSET, "openvino", precision="bf16")
+        assert s.engine.precision == "bf16"
+        assert np.isfinite(s.sample(2, steps=2).samples).all()
+    else:  # the engine itself refuses (its capability check), not the file resolver
+        with pytest.raises(BackendError, match="needs native BF16") as e:
+            _open_with(ASSET, "openvino", precision="bf16")
+        assert e.value.field == "precision"
+
+
+def _open_with(path: Path, backend: str, **options):
+    from ddpm.runtime.sampler import Sampler
+
+    return Sampler.from_path(path, backend, "cpu", num_threads=1, **options)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -31,18 +32,40 @@ FLAGS = {
 }
 
 
+#: ``name='value'`` / ``name=True`` in an API message: an argument, shown as its flag here.
+_ARGUMENT = re.compile(r"\b(" + "|".join(map(re.escape, FLAGS)) + r")=(True\b|'([^']*)')")
+
+
+def as_flags(message: str) -> str:
+    """An API message in ddpm-run's terms: ``loop='device'`` -> ``--loop device``,
+    ``tf32=True`` -> ``--tf32`` (API messages name arguments, the CLI names its flags)."""
+    def flag(m: re.Match) -> str:
+        if (m.group(1), m.group(3)) == ("loop", "triton"):
+            return "--update triton"  # the one loop chosen by another flag
+        name = FLAGS[m.group(1)]
+        return name if m.group(2) == "True" else f"{name} {m.group(3)}"
+
+    return _ARGUMENT.sub(flag, message)
+
+
 def flag_errors(fn):
-    """Prefix an API error's message with the flag of its ``field`` (``--steps: ...``)."""
+    """An API error in flags: arguments named in its message become flags (:func:`as_flags`)
+    and the message gets the flag of its ``field`` in front (``--steps: ...``)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except DDPMError as e:
+            text = as_flags(str(e))
             flag = FLAGS.get(e.field or "")
-            if flag is None or str(e).startswith(flag):
+            if flag is not None and not text.startswith(flag):
+                text = f"{flag}: {text}"
+            if text == str(e):
                 raise
-            raise type(e)(f"{flag}: {e}", field=e.field) from None
+            err = type(e)(text, field=e.field)
+            err.exit_code = e.exit_code
+            raise err from None
 
     return wrapper
 

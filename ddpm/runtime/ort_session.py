@@ -169,7 +169,7 @@ def check_providers(sess: Any, path: Path, device: str, *, tensorrt: bool = Fals
         raise BackendError(
             f"{path}: onnxruntime fell back to {', '.join(used)} without {', '.join(missing)} "
             "(its CUDA/cuDNN or TensorRT libraries did not load); install the [gpu] extra's "
-            f"libraries (`{GPU_HINT}`, and tensorrt for --tensorrt) or use --device cpu",
+            f"libraries (`{GPU_HINT}`, and tensorrt for tensorrt=True) or use device='cpu'",
             field="tensorrt" if "TensorrtExecutionProvider" in missing else "device",
         )
 
@@ -232,23 +232,23 @@ def create_session(
         if device == "cuda" and any(k.lower() in msg.lower() for k in _LIBRARY_ERRORS):
             raise BackendError(
                 f"{path}: onnxruntime's {device} provider failed to start ({msg}); its CUDA / "
-                f"cuDNN libraries are missing or mismatched: `{GPU_HINT}`, or use --device cpu",
+                f"cuDNN libraries are missing or mismatched: `{GPU_HINT}`, or use device='cpu'",
                 field="device",
             ) from None
         if strict_device and "fallback" in msg.lower():
             raise BackendError(
                 f"{path}: some nodes of this graph cannot run on {device} ({msg}); re-export it "
-                "with `ddpm-export CKPT --with-step`, or use --loop host", field="loop",
+                "with `ddpm-export CKPT --with-step`, or use loop='host'", field="loop",
             ) from None
         raise ArtifactError(
             f"{path}: onnxruntime cannot load this model ({msg}); the file is corrupt "
-            "or incomplete: re-export it with `ddpm-export CKPT`"
+            "or incomplete: re-export it with `ddpm-export CKPT`", field="path",
         ) from None
     check_providers(sess, Path(path), device, tensorrt=tensorrt)
     got = tuple(i.name for i in sess.get_inputs())
     if got != contract.input_names:
         raise ArtifactError(
             f"{path}: graph inputs {got} differ from its contract's {contract.input_names}; "
-            "the file was edited after export: re-export it with `ddpm-export CKPT`"
+            "the file was edited after export: re-export it with `ddpm-export CKPT`", field="path",
         )
     return sess

@@ -40,6 +40,8 @@ def _zip_kind(path: Path) -> str | None:
         return None
     if "constants.pkl" in names or any(n.startswith("code/") for n in names):
         return "torchscript"
+    if path.suffix in (".ts", ".jit"):  # a torch zip by the name ddpm-export gives model.ts
+        return "torchscript"
     if any(n.startswith(("data/weights/", "models/", "data/aotinductor/")) for n in names):
         return "pt2"
     if "data.pkl" in names:

@@ -60,7 +60,7 @@ def import_openvino() -> Any:
     except ImportError as e:
         raise BackendError(
             f"backend 'openvino' needs the openvino package, which is not importable ({e}); "
-            f"install it with `{INSTALL_HINT}`, or use --backend ort"
+            f"install it with `{INSTALL_HINT}`, or use --backend ort", field="backend",
         ) from None
     return openvino
 
@@ -144,12 +144,12 @@ class OpenVinoEngine:
         if device != "cpu":
             raise BackendError(
                 f"backend 'openvino' runs on the CPU only, got device {device!r}; pass --device cpu, "
-                "or use --backend ort with --device cuda"
+                "or use --backend ort with --device cuda", field="device",
             )
         if precision not in PRECISIONS:
             raise BackendError(
                 f"backend 'openvino' has no precision {precision!r}; expected one of "
-                f"{', '.join(PRECISIONS)}"
+                f"{', '.join(PRECISIONS)}", field="precision",
             )
         self.path = Path(path)
         self.device = device
@@ -171,14 +171,14 @@ class OpenVinoEngine:
             raise BackendError(
                 f"--precision {precision} needs native {needs} on the CPU (AMX or AVX512-BF16), "
                 f"but this CPU ({cpu_model()}) offers {', '.join(caps)}; drop --precision "
-                "(fp32) or run on a CPU with bf16 support"
+                "(fp32) or run on a CPU with bf16 support", field="precision",
             )
         try:
             self._model = self._core.read_model(str(self.path))
         except Exception as e:  # OpenVINO raises RuntimeError subtypes from its frontends
             raise ArtifactError(
                 f"{self.path}: OpenVINO cannot read this model ({first_line(e)}); re-export it "
-                "with `ddpm-export CKPT`, or use --backend ort"
+                "with `ddpm-export CKPT`, or use --backend ort", field="path",
             ) from None
         check_signature(self.path, self.contract, openvino_ports(self._model.inputs),
                         openvino_ports(self._model.outputs))
@@ -209,7 +209,8 @@ class OpenVinoEngine:
         except Exception as e:
             raise ArtifactError(
                 f"{self.path}: OpenVINO cannot compile this model at batch {batch} "
-                f"({first_line(e)}); re-export it with `ddpm-export CKPT`, or use --backend ort"
+                f"({first_line(e)}); re-export it with `ddpm-export CKPT`, or use --backend ort",
+                field="path",
             ) from None
         ran = compiled.get_property("INFERENCE_PRECISION_HINT")
         ran = getattr(ran, "get_type_name", lambda: str(ran))()  # an ov.Type: "f32", "bf16"
@@ -217,7 +218,7 @@ class OpenVinoEngine:
             # The plugin falls back silently when it cannot honour the hint.
             raise BackendError(
                 f"OpenVINO compiled {self.path.name} for {ran}, not the {self.precision} asked "
-                f"for; this CPU cannot run {self.precision}: drop --precision"
+                f"for; this CPU cannot run {self.precision}: drop --precision", field="precision",
             )
         return _Compiled(compiled)
 

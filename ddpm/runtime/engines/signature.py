@@ -69,8 +69,8 @@ def check_signature(path: Path, contract: Contract, inputs: list[Port], outputs:
     for kind, ports, specs in (("input", inputs, contract.inputs), ("output", outputs, contract.outputs)):
         if len(ports) != len(specs):
             raise ArtifactError(
-                f"{path}: graph {kind}s {[p.name for p in ports]} differ from the contract's "
-                f"{[s.name for s in specs]}; {FIX}", field="path",
+                f"{path}: graph {kind}s {tuple(p.name for p in ports)} differ from its contract's "
+                f"{tuple(s.name for s in specs)}; {FIX}", field="path",
             )
         for port, spec in zip(ports, specs, strict=True):
             _check_port(path, kind, port, spec)

@@ -27,10 +27,10 @@ __all__ = ["LOOPS", "BatchResult", "HostLoop", "check_backend", "select_loop"]
 def check_backend(backend: str, loop: str | None) -> None:
     """Refuse, before any model is opened, a loop the backend cannot drive."""
     if loop in ("device", "triton") and backend != "ort":
-        what = "--loop device runs model_step.onnx" if loop == "device" else "--update triton runs model.onnx"
+        what = "runs model_step.onnx" if loop == "device" else "(the Triton update) runs model.onnx"
         raise BackendError(
-            f"{what} on onnxruntime and needs --backend ort, got {backend!r}; pass --backend ort "
-            "or --loop host", field="loop",
+            f"loop={loop!r} {what} on onnxruntime and needs backend='ort', got backend={backend!r}; "
+            "use backend='ort' or loop='host'", field="loop",
         )
 
 
@@ -40,8 +40,8 @@ def select_loop(engine: Engine, loop: str | None = None):
         raise BackendError(f"unknown loop {loop!r}; expected one of {', '.join(LOOPS)}", field="loop")
     if getattr(engine, "cuda_graph", False) and loop in ("host", "triton"):
         raise BackendError(
-            f"--cuda-graph needs --loop device (a captured graph replays fixed device buffers, "
-            f"which the {loop} loop does not keep); drop --cuda-graph or pass --loop device",
+            f"cuda_graph=True needs loop='device' (a captured graph replays fixed device buffers, "
+            f"which the {loop} loop does not keep); drop cuda_graph=True or use loop='device'",
             field="cuda_graph",
         )
     if loop == "device" or (loop is None and engine.name == "ort" and engine.device == "cuda"):
@@ -54,16 +54,17 @@ def select_loop(engine: Engine, loop: str | None = None):
 
         if not (engine.name == "ort" and engine.device == "cuda"):
             raise BackendError(
-                f"--update triton runs ORT's CUDA EP with the Triton update and needs --backend ort "
-                f"--device cuda, got {engine.name}/{engine.device}; drop --update triton",
+                f"loop='triton' runs ORT's CUDA EP with the Triton update and needs backend='ort' "
+                f"device='cuda', got {engine.name}/{engine.device}; use loop='host'",
                 field="loop",
             )
         return cuda.TritonLoop(engine)
     if getattr(engine, "cuda_graph", False):
         from ddpm.runtime.loops.device import HINT, step_graph_path
 
+        hint = HINT.replace(", or use loop='host'", ", or drop cuda_graph=True")
         raise BackendError(
-            f"--cuda-graph runs the device loop, which needs {str(step_graph_path(engine.path))!r}; "
-            f"{HINT.replace(', or use --loop host', ', or drop --cuda-graph')}", field="cuda_graph",
+            f"cuda_graph=True runs the device loop, which needs {str(step_graph_path(engine.path))!r}; "
+            f"{hint}", field="cuda_graph",
         )
     return HostLoop(engine)

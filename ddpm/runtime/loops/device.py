@@ -47,7 +47,7 @@ STEP_GRAPH_VERSION = 2
 #: Sessions (one per fixed shape set) kept per loop; each holds a copy of the weights.
 MAX_SESSIONS = 4
 EXPORT = "`ddpm-export CKPT --with-step` (it writes model_step.onnx beside model.onnx)"
-HINT = f"write it with {EXPORT}, or use --loop host"
+HINT = f"write it with {EXPORT}, or use loop='host'"
 
 
 def step_graph_path(model_path: str | Path) -> Path:
@@ -62,7 +62,7 @@ def open_step_contract(model_path: Path, model: artifact.Contract) -> tuple[Path
     """The step graph of ``model_path`` and its contract, checked against the model's."""
     path = step_graph_path(model_path)
     if not path.is_file():
-        raise ArtifactError(f"--loop device needs the step graph {str(path)!r}, which is missing; {HINT}",
+        raise ArtifactError(f"loop='device' needs the step graph {str(path)!r}, which is missing; {HINT}",
                             field="loop")
     c = artifact.read(path)
     info = c.step_graph or {}
@@ -205,7 +205,7 @@ class DeviceLoop:
         if getattr(plan.table, "thresholding", False):
             raise ConfigError(
                 "dynamic thresholding (a per-sample quantile of x0) has no step-graph form; "
-                "use --loop host for this model", field="loop",
+                "use loop='host' for this model", field="loop",
             )
         if self.cuda_graph:
             with self._serial:  # captured graphs replay the loop's fixed buffers

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ddpm.errors import NonFiniteError
 from ddpm.noise import initial_noise, randn
 from ddpm.runtime.engines.base import Engine, HoldsSessions, RunFn
 from ddpm.runtime.loops.guidance import combine, uses_cfg
@@ -38,6 +39,21 @@ def guided(run: RunFn, x: np.ndarray, t: np.ndarray, y: np.ndarray | None, plan:
     return combine(out[:b], out[b:], plan.guidance)  # (B, C, H, W)
 
 
+def all_finite(x: np.ndarray) -> bool:
+    """Whether ``x`` holds no NaN/Inf: the per-step check (one vectorised pass over x)."""
+    return bool(np.isfinite(x).all())
+
+
+def non_finite(i: int, steps: int, t: int, out: np.ndarray) -> NonFiniteError:
+    """The error for a step whose x_{t-1} holds NaN/Inf (``out``: that step's model output)."""
+    where = "the model output" if not np.isfinite(out).all() else "the update of a finite model output"
+    return NonFiniteError(
+        f"sampling step {i + 1} of {steps} (t={t}): {where} holds NaN or Inf, so every image "
+        "would be garbage and none was written; the model's weights are broken (re-export or "
+        "retrain it, e.g. with a lower --lr) or its schedule is invalid"
+    )
+
+
 def hold(engine: Engine, batch: int) -> contextlib.AbstractContextManager[RunFn]:
     """The engine's run function for model batches of ``batch``, resources held if it can."""
     if isinstance(engine, HoldsSessions):
@@ -56,10 +72,13 @@ def run_batch(
     tick: Callable[[], None],
     check: Check | None = None,
     value_range: tuple[float, float] = (-1.0, 1.0),
+    finite_check: bool = True,
 ) -> BatchResult:
     """Sample [start, stop) of ``plan`` with ``run``; ``check()`` runs before every step.
 
     x_T is ``table.init_noise`` ("gaussian", or "uniform" on ``value_range`` for mix).
+    ``finite_check``: raise NonFiniteError at the first step whose x_{t-1} holds NaN/Inf
+    (one pass over x per step; benchmarks/bench_nan_check.py measures its cost).
     """
     table = plan.table
     shape = (stop - start, *image_shape)  # (B, C, H, W)
@@ -76,6 +95,10 @@ def run_batch(
         out = guided(run, x, tt, y, plan)
         z = randn(shape, seed=plan.seed, step=i, offset=offset) if table.sigma[i] != 0 else None
         x_prev, x0 = step(table, i, out, x, z, prev_x0=x0)
+        # A NaN/Inf anywhere in the model output or the update reaches x_prev: one check
+        # per step catches both before garbage images are written.
+        if finite_check and not all_finite(x_prev):
+            raise non_finite(i, len(table), int(t), out)
         if record:
             xts.append(x)
             x0s.append(x0)
@@ -88,6 +111,8 @@ class HostLoop:
     """Runs each batch of a plan on the host, holding the engine's sessions per batch."""
 
     name = "host"
+    #: Check x_{t-1} for NaN/Inf every step (see :func:`run_batch`); off only to measure it.
+    finite_check = True
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -102,4 +127,5 @@ class HostLoop:
             return run_batch(
                 run, plan, self.engine.contract.image_shape, start, stop,
                 record=record, tick=tick, check=check, value_range=self.engine.contract.value_range,
+                finite_check=self.finite_check,
             )
