@@ -63,7 +63,10 @@ def flag_errors(fn):
                 text = f"{flag}: {text}"
             if text == str(e):
                 raise
-            err = type(e)(text, field=e.field)
+            try:
+                err = type(e)(text, field=e.field)
+            except TypeError:  # a subclass with its own constructor: keep the original
+                raise e from None
             err.exit_code = e.exit_code
             raise err from None
 
