@@ -491,6 +491,18 @@ def _solver_table(
     )
 
 
+
+def guide(out_c, out_u, guidance: float):
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6): out_u + w·(out_c − out_u).
+
+    The one definition of the formula: the host loop calls it, the step graph draws the same
+    order of operations in ONNX nodes and the Triton kernel in registers, so all round alike.
+    Works on numpy arrays (a float32 result stays float32) and on torch tensors.
+    """
+    w = np.float32(guidance) if isinstance(out_u, np.ndarray) else float(guidance)
+    return out_u + w * (out_c - out_u)
+
+
 def step(
     table: StepTable,
     i: int,

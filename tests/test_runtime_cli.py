@@ -184,3 +184,17 @@ def test_help_is_instant_and_imports_no_engine():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "--steps" in p.stdout and "--trajectory" in p.stdout
+
+
+def test_info_describes_an_artifact_and_refuses_other_files(models, tmp_path):
+    r = run(["--info", models["cond"]])
+    assert r.exit_code == 0, r.output
+    assert "preset: cond" in r.stdout and "classes: 3" in r.stdout
+    assert "schedule" in r.stdout and "num_train_timesteps" in r.stdout
+    assert "exporter:" in r.stdout and "model.onnx" in r.stdout
+    assert not list(tmp_path.iterdir())  # --info samples nothing and writes nothing
+    other = tmp_path / "notes.txt"
+    other.write_text("not a model")
+    r = run(["--info", other])
+    assert r.exit_code == 2
+    assert r.output.startswith("error:") and "not a ddpm artifact" in r.output

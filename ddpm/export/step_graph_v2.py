@@ -113,7 +113,7 @@ def build(model_onnx, contract: Contract):
             N("Gather", ["pair", "last"], ["o_u1"], axis=0),
             N("Squeeze", ["o_c1", "axis0"], ["out_c"]),
             N("Squeeze", ["o_u1", "axis0"], ["out_u"]),
-            # guidance.combine's order, out_u + w·(out_c − out_u), so both loops round alike
+            # ddpm.schedule.guide's order, out_u + w·(out_c − out_u), so both loops round alike
             N("Sub", ["out_c", "out_u"], ["delta"]),
             N("Mul", ["guidance", "delta"], ["g_delta"]),
             N("Add", ["out_u", "g_delta"], ["out"]),
@@ -217,7 +217,7 @@ def validate_step(path, model_path, contract: Contract, samplers, guidance: floa
     """v2 graph vs ``schedule.step`` (float64) on model.onnx outputs, at steps 0, N/2, N-1
     of each table, with and without CFG, B = 1 and 3; noise gathered from a 2-step buffer."""
     from ddpm.export.validate import ParityReport, ParityRow
-    from ddpm.runtime.loops.guidance import combine
+    from ddpm.schedule import guide as combine
 
     sess, model = _cpu_session(path), _cpu_session(model_path)
     rng = np.random.default_rng(1)

@@ -95,9 +95,9 @@ D = defaults
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model", default=None, help="model.onnx / model.ts / ckpt.pt, or its folder (ort on CPU then prefers model_optimized.onnx). Default: the bundled digits model.")
 @click.option("--steps", default=D.STEPS, show_default=True, type=int, help="Inference steps (1..training T).")
-@click.option("--sampler", default=D.SAMPLER, show_default=True, help="ddpm (ancestral) or ddim.")
+@click.option("--sampler", default=D.SAMPLER, show_default=True, help="ddpm (ancestral) | ddim | dpm++2m (DPM-Solver++, 10-20 steps) | mix (models trained with --objective corrupt).")
 @click.option("--eta", default=D.ETA, show_default=True, type=float, help="DDIM eta (0 = deterministic).")
-@click.option("--backend", default="ort", show_default=True, help="ort | openvino | auto (ort or openvino, by a timed probe cached per model, CPU and batch) | torchscript | torch.")
+@click.option("--backend", default="ort", show_default=True, help="ort | openvino | auto (ort or openvino, by a timed probe cached per model, CPU and batch) | torchscript | pt2 | torch.")
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda.")
 @click.option("-n", "n", default=D.N, show_default=True, type=int, help="Number of images.")
 @click.option("--batch-size", default=None, type=int, help=f"Images per model call (default {D.BATCH_SIZE}); does not change the images.")
@@ -118,12 +118,19 @@ D = defaults
 @click.option("--update", default="onnx", show_default=True, type=click.Choice(["onnx", "triton"]), help="triton: ort + cuda, the model graph plus the fused Triton update kernel (needs torch + triton).")
 @click.option("--tf32", is_flag=True, help="ort + cuda: allow TF32 math (faster; images differ from CPU ones beyond fp32 rounding).")
 @click.option("--progress/--no-progress", default=True, help="Progress bar on stderr.")
+@click.option("--info", "info", default=None, metavar="MODEL",
+              help="Describe MODEL (.onnx, .ts, .pt2, ckpt.pt or a folder): preset, resolution, classes, schedule, sampler defaults, exporter, files; then exit.")
 @friendly_errors
 @flag_errors
 def main(model, steps, sampler, eta, backend, device, n, batch_size, seed, label, guidance, out, scale,
          npz, trajectory, trajectory_samples, precision, spin, threads, tensorrt, cuda_graph, loop, update, tf32,
-         progress) -> None:
+         progress, info) -> None:
     """Sample images from an exported DDPM model and write them as an image grid."""
+    if info is not None:
+        from ddpm.runtime.info import describe
+
+        click.echo(describe(info))
+        return
     from ddpm.images import image_format
     from ddpm.runtime.plan import check_int
     from ddpm.runtime.sampler import Sampler

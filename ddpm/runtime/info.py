@@ -91,13 +91,14 @@ def describe(path: str | os.PathLike) -> str:
     versions = {k: v for k, v in c.versions.items() if k not in ("exporter", "torchscript", "pt2")}
     if versions:
         lines.append("  versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
-    lines.append("  files beside it:")
+    beside = []
     for name, role in KNOWN_FILES.items():
         f = p.parent / name
         if f.is_file():
             mark = " (this file)" if f.name == p.name else ""
-            lines.append(f"    {name:<22} {f.stat().st_size / 1e6:8.2f} MB  {role}{mark}")
-    return "\n".join(lines)
+            beside.append(f"    {name:<22} {f.stat().st_size / 1e6:8.2f} MB  {role}{mark}")
+    lines.append("  files beside it:" + ("" if beside else " none of the export's standard names"))
+    return "\n".join(lines + beside)
 
 
 def _exporter(p: Path, c: Contract) -> str:
