@@ -42,10 +42,12 @@ from ddpm._cli import OneLineCommand, friendly_errors
               help="Also write model_int8.onnx (static QDQ int8 convs, calibrated on the training data; CPU).")
 @click.option("--with-step", is_flag=True,
               help="Also write model_step.onnx: one whole sampler step for any sampler and step count (table and noise are inputs; no Loop/If), which ddpm-run --loop device runs.")
-@click.option("--step-sampler", type=click.Choice(["ddpm", "ddim"]), default="ddpm",
-              show_default=True, help="Sampler whose table --with-step is validated on.")
+@click.option("--step-sampler", default=None, metavar="NAME",
+              help="The sampler the --with-step graph is validated on (the graph itself serves "
+                   "every sampler): any of ddpm.schedule.SAMPLERS (ddpm, ddim, dpm++2m, mix) "
+                   "that the model's objective allows [default: the first it allows].")
 @click.option("--step-count", default=50, show_default=True, type=int,
-              help="Steps N of the table --with-step is validated on.")
+              help="Steps N of the table the --with-step graph is validated on.")
 @click.option("--atol", default=1e-4, show_default=True, type=float,
               help="Max-abs difference allowed vs torch (fp32 graphs).")
 @click.option("--no-validate", is_flag=True, help="Skip the parity validation.")
@@ -53,8 +55,9 @@ from ddpm._cli import OneLineCommand, friendly_errors
               help="Also write a Triton Inference Server model repository here.")
 @friendly_errors
 def main(ckpt: Path, out_dir: Path | None, formats: str, onnx_exporter: str, opset: int, aoti: bool,
-         weights: str, fp16: bool, optimize: bool, int8: bool, with_step: bool, step_sampler: str,
-         step_count: int, atol: float, no_validate: bool, triton_repo: Path | None) -> None:
+         weights: str, fp16: bool, optimize: bool, int8: bool, with_step: bool,
+         step_sampler: str | None, step_count: int, atol: float, no_validate: bool,
+         triton_repo: Path | None) -> None:
     """Export CKPT (a ddpm-train ckpt.pt, a .safetensors file with its config in the header
     metadata, or a diffusers UNet2DModel folder) to ONNX + TorchScript (+ pt2) carrying the
     artifact contract, validated against torch. The log names the exporter of each file."""

@@ -1,23 +1,30 @@
 """``export_checkpoint``: checkpoint -> model.onnx + model.ts (+ model.pt2, variants), validated, atomic.
 
-Every file is first written to a temp path beside its final name, validated *there*, and only
-then moved into place with ``os.replace`` (``ddpm._io.atomic_path``); a failed validation or
-any error leaves no partial file at a final path. All graphs of one call are moved together,
-after every validation has passed.
+Every file of one call is written under its final name into a hidden staging folder inside
+the output folder (``ddpm._io.atomic_files``), validated *there*, and moved into place only
+after every file was written and every validation passed: the export is committed as a whole
+or not at all, and a failure (bad input, failed validation, a full disk, a folder in the way)
+leaves the previous files in the output folder untouched and no temp file behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ddpm._io import atomic_path, check_writable_dir
+from ddpm._io import atomic_files, check_writable_dir
 from ddpm.artifact import Contract, schedule_lines
 from ddpm.errors import BackendError, ConfigError
+from ddpm.export.checks import (
+    DEFAULT_ATOL,
+    check_atol,
+    check_step_args,
+    refuse_folders,
+    step_sampler_for,
+)
 from ddpm.export.contract import model_contract, versions
 from ddpm.export.quantize import CalibrationLoader
 from ddpm.export.sources import LoadedModel, load_source
@@ -38,7 +45,6 @@ FILENAMES = {
     "step": "model_step.onnx",
     "int8": "model_int8.onnx",
 }
-DEFAULT_ATOL = 1e-4
 
 
 @dataclass
@@ -91,7 +97,7 @@ def export_checkpoint(
     optimize: bool = False,
     int8: bool = False,
     with_step: bool = False,
-    step_sampler: str = "ddpm",
+    step_sampler: str | None = None,
     step_count: int = 50,
     triton_repo: str | os.PathLike | None = None,
     calibration_loader: CalibrationLoader | None = None,
@@ -104,9 +110,12 @@ def export_checkpoint(
     adds model_aoti.pt2 (needs "pt2"); ``fp16`` / ``optimize`` / ``int8`` / ``with_step`` add
     ONNX variants (they need "onnx" in ``formats``; ``int8`` quantises the optimized graph's
     convolutions, calibrated on the images ``calibration_loader`` returns for the
-    checkpoint's dataset, else on noise); ``triton_repo`` writes a Triton Inference
-    Server model repository there. Raises a ``ddpm.errors`` exception on any bad input, and
-    ``AtolError`` / ``ShapeError`` (exit 1) when validation fails.
+    checkpoint's dataset, else on noise); ``with_step``'s graph serves every sampler and is
+    validated on ``step_sampler`` (default: the first of ``ddpm.schedule.SAMPLERS`` the
+    model's objective allows) at ``step_count`` steps; ``triton_repo`` writes a Triton
+    Inference Server model repository there. Arguments are checked before the checkpoint is
+    read. Raises a ``ddpm.errors`` exception on any bad input, and ``AtolError`` /
+    ``ShapeError`` (exit 1) when validation fails.
     """
     from ddpm.export import graphs
 
@@ -116,8 +125,9 @@ def export_checkpoint(
     _require_export_dependencies()
     exporter = graphs.check_exporter(onnx_exporter)
     opset = graphs.check_opset(graphs.DEFAULT_OPSET if opset is None else opset, exporter)
-    if atol <= 0:
-        raise ConfigError(f"--atol must be > 0, got {atol}")
+    atol = check_atol(atol)
+    if with_step:
+        check_step_args(step_sampler, step_count)
     if (fp16 or optimize or int8 or with_step or triton_repo) and "onnx" not in fmts:
         raise ConfigError("--fp16/--optimize/--int8/--with-step/--triton-repo need the onnx format; add onnx to --format")
     if aoti and "pt2" not in fmts:
@@ -126,6 +136,8 @@ def export_checkpoint(
     loaded = load_source(src, weights=weights)
     out = Path(out_dir) if out_dir is not None else (src if src.is_dir() else src.parent)
     out = check_writable_dir(out, what="exported models")
+    if with_step:
+        step_sampler = step_sampler_for(loaded, step_sampler, step_count)
     for note in loaded.notes:
         say(f"note: {note}")
     say("schedule stored in the contract:")
@@ -141,8 +153,9 @@ def export_checkpoint(
 
     kinds = [k for k in FORMATS if k in fmts] + (["aoti"] if aoti else [])
     kinds += [k for k, on in (("fp16", fp16), ("optimized", optimize), ("step", with_step), ("int8", int8)) if on]
-    with contextlib.ExitStack() as stack:
-        tmp = {k: stack.enter_context(atomic_path(out / FILENAMES[k])) for k in kinds}
+    refuse_folders(out, [FILENAMES[k] for k in kinds])  # before minutes of export, not at the first move
+    with atomic_files(out) as stage:
+        tmp = {k: stage / FILENAMES[k] for k in kinds}
         program = None
         if "pt2" in tmp:  # one torch.export trace for model.pt2 and the dynamo ONNX graph
             from ddpm.export.program import export_program
@@ -174,7 +187,7 @@ def export_checkpoint(
             repo = write_triton_repo(tmp["onnx"], contract, triton_repo)
             result.paths["triton_repo"] = repo
             say(f"wrote Triton model repository {repo}")
-    # Leaving the ExitStack moved every temp file into place (nothing raised).
+    # Leaving atomic_files moved every staged file into place (nothing raised).
     result.paths.update({k: out / FILENAMES[k] for k in kinds})
     result.seconds = time.perf_counter() - start
     for k in kinds:
@@ -229,11 +242,17 @@ def _variants(result: ExportResult, loaded, module, spec, tmp, vers, say, *, val
             result.reports.append(rep)
     if "step" in tmp:
         from ddpm.export import step_graph_v2
+        from ddpm.schedule import SAMPLER_OBJECTIVE, SAMPLERS
 
-        # v2: table and noise are inputs, so one graph serves every sampler and step count;
-        # step_sampler/step_count pick the table it is validated on (with ddim at 7 steps).
+        # Table and noise are graph inputs, so one graph serves every sampler and step count;
+        # it is validated on step_sampler at step_count and, at 7 steps, on another sampler
+        # the objective allows (the same one when it is the only one).
+        need = SAMPLER_OBJECTIVE[step_sampler]
+        other = next((s for s in SAMPLERS if SAMPLER_OBJECTIVE[s] == need and s != step_sampler),
+                     step_sampler)
         rep = step_graph_v2.write(tmp["onnx"], tmp["step"], validate=validate, say=say,
-                                  samplers=((step_sampler, step_count), ("ddim", 7)))
+                                  samplers=((step_sampler, step_count),
+                                            (other, min(7, loaded.schedule.num_train_timesteps))))
         if rep is not None:
             result.reports.append(rep)
 

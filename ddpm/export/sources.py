@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ddpm.errors import CheckpointError, ConfigError
+from ddpm import limits
+from ddpm.errors import CheckpointError, ConfigError, first_line
 from ddpm.export.diffusers_config import (
     IMPORT_DEFAULTS,
     check_pipeline,
@@ -38,6 +39,15 @@ from ddpm.export.diffusers_config import (
     schedule_from_scheduler_config,
 )
 from ddpm.schedule import ScheduleConfig
+
+#: Parsed safetensors metadata fields -> allowed types (``arch`` is the raw string).
+SAFETENSORS_TYPES: dict[str, tuple[type, ...]] = {
+    "model_config": (dict,), "schedule": (dict, type(None)), "data": (dict, type(None)),
+}
+SAFETENSORS_FIX = (
+    "save it with arch as a string and model_config, schedule and data as JSON objects, "
+    "or export the ckpt.pt instead"
+)
 
 
 @dataclass
@@ -142,7 +152,10 @@ def _json_field(meta: dict[str, str], key: str, p: Path, required: bool) -> Any:
     try:
         return json.loads(meta[key]) if key != "arch" else meta[key]
     except ValueError as e:
-        raise CheckpointError(f"{str(p)!r}: safetensors metadata {key!r} is not JSON ({e})") from None
+        raise CheckpointError(
+            f"{str(p)!r}: safetensors metadata {key!r} is not JSON ({first_line(e)}); store "
+            "it as json.dumps(...) of an object"
+        ) from None
 
 
 def _load_safetensors(p: Path) -> LoadedModel:
@@ -150,18 +163,19 @@ def _load_safetensors(p: Path) -> LoadedModel:
 
     from ddpm.models.registry import build
 
+    keys = ("arch", "model_config", "schedule", "data")
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
+            # The header is checked before a single tensor is read.
+            fields = {key: _json_field(meta, key, p, key in keys[:2]) for key in keys}
+            _check_metadata(fields, p)
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(
-            f"{str(p)!r} is not a readable safetensors file ({e}); pass a valid file"
+            f"{str(p)!r} is not a readable safetensors file ({first_line(e)}); pass a valid file"
         ) from None
-    arch = _json_field(meta, "arch", p, True)
-    config = _json_field(meta, "model_config", p, True)
-    sched = _json_field(meta, "schedule", p, False)
-    data = _json_field(meta, "data", p, False)
+    arch, config, sched, data = (fields[k] for k in keys)
     notes = []
     if sched is None:
         schedule = ScheduleConfig()
@@ -178,14 +192,28 @@ def _load_safetensors(p: Path) -> LoadedModel:
     )
 
 
+def _check_metadata(fields: dict[str, Any], p: Path) -> None:
+    """Types of the parsed metadata (a list where an object belongs, a bare string, null)
+    and the sizes later code allocates from, before any model is built."""
+    from ddpm.models.checkpoint import DATA_TYPES
+
+    where = f"{str(p)!r} safetensors metadata"
+    limits.check_types(fields, SAFETENSORS_TYPES, where, CheckpointError, SAFETENSORS_FIX)
+    if fields["data"] is not None:
+        limits.check_types(fields["data"], DATA_TYPES, f"{where} data", CheckpointError,
+                           SAFETENSORS_FIX)
+    if fields["schedule"] is not None:
+        limits.check_schedule(fields["schedule"], f"{where} schedule", CheckpointError,
+                              SAFETENSORS_FIX)
+
+
 def _load_state(model, state: dict, p: Path) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
         raise CheckpointError(
-            f"{str(p)!r}: weights do not fit the stored model config ({first}); the file is "
-            "inconsistent, re-save it"
+            f"{str(p)!r}: weights do not fit the stored model config ({first_line(e)}); the "
+            "file is inconsistent, re-save it"
         ) from None
 
 
