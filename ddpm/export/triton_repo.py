@@ -18,16 +18,12 @@ The repository is written in a temp folder and moved into place, like every othe
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from ddpm._io import check_writable_dir
 from ddpm.artifact import Contract, TensorSpec
-from ddpm.errors import OutputError
-from ddpm.serve.repository import replace_dir, write_sampler_model
+from ddpm.serve.repository import write_model_dir, write_sampler_model
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64"}
 DEFAULT_MAX_BATCH = 64
@@ -69,20 +65,11 @@ def write_triton_repo(
 ) -> Path:
     """Write ``repo/name/{config.pbtxt, 1/model.onnx}`` and ``repo/ddpm_sampler``; returns the
     UNet model folder."""
-    root = check_writable_dir(repo, what="the Triton model repository")
-    final = root / name
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
-    try:
-        (tmp / "1").mkdir()
+    def write(tmp: Path) -> None:
         shutil.copyfile(model_onnx, tmp / "1" / "model.onnx")
         (tmp / "config.pbtxt").write_text(config_pbtxt(contract, name, max_batch_size))
-        replace_dir(tmp, final)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
-        raise OutputError(
-            f"cannot write the Triton model repository {str(final)!r}: {e.strerror or e}; "
-            "choose a writable --triton-repo"
-        ) from None
-    write_sampler_model(contract, root, model_onnx=model_onnx)
+
+    final = write_model_dir(repo, name, write, what="the Triton model repository",
+                            fix="choose a writable --triton-repo")
+    write_sampler_model(contract, final.parent, model_onnx=model_onnx)
     return final

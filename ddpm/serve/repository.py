@@ -20,6 +20,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ddpm._io import _umask, check_writable_dir
@@ -113,22 +114,32 @@ def write_sampler_model(
     With ``model_onnx`` the graph is copied into the version folder (a self-contained model);
     without it, pass ``model_path=`` (absolute) in ``config`` to serve a file in place.
     """
+    def write(tmp: Path) -> None:
+        if model_onnx is not None:
+            shutil.copyfile(model_onnx, tmp / "1" / "model.onnx")
+        (tmp / "1" / "model.py").write_text(MODEL_PY)
+        (tmp / "config.pbtxt").write_text(sampler_config_pbtxt(contract, name=name, **config))
+
+    return write_model_dir(repo, name, write, what="the Triton model",
+                           fix="choose a writable model repository folder")
+
+
+def write_model_dir(
+    repo: str | os.PathLike, name: str, write: Callable[[Path], None], *, what: str, fix: str
+) -> Path:
+    """Build ``repo/name`` (with its version folder ``1/``) in a temp folder beside it via
+    ``write(tmp)``, then swap it in whole; an OSError leaves no temp folder and the old model
+    untouched, and ends as one OutputError naming ``what`` and ``fix``."""
     root = check_writable_dir(repo, what="the Triton model repository")
     final = root / name
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a server may run as another user
         (tmp / "1").mkdir()
-        if model_onnx is not None:
-            shutil.copyfile(model_onnx, tmp / "1" / "model.onnx")
-        (tmp / "1" / "model.py").write_text(MODEL_PY)
-        (tmp / "config.pbtxt").write_text(sampler_config_pbtxt(contract, name=name, **config))
+        write(tmp)
         replace_dir(tmp, final)
     except OSError as e:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)
-        raise OutputError(
-            f"cannot write the Triton model {str(final)!r}: {e.strerror or e}; "
-            "choose a writable model repository folder"
-        ) from None
+        raise OutputError(f"cannot write {what} {str(final)!r}: {e.strerror or e}; {fix}") from None
     return final
