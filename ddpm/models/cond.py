@@ -25,8 +25,7 @@ from ddpm.models.layers import (
     LabelEmbedding,
     TimestepEmbedding,
     attention,
-    check_common,
-    check_tuple,
+    check_level_channels,
     coerce_tuples,
     with_labels,
 )
@@ -48,15 +47,7 @@ class CondUNetConfig:
         self.validate()
 
     def validate(self) -> None:
-        check_tuple("cond", "channels", self.channels)
-        if len(self.channels) < 2:
-            raise ConfigError(
-                f"channels needs at least 2 entries (one per resolution level), got "
-                f"{self.channels!r} ('cond' config)"
-            )
-        check_common(self, "cond", len(self.channels) - 1)
-        if self.time_dim < 2 or self.time_dim % 2:
-            raise ConfigError(f"time_dim must be an even number >= 2, got {self.time_dim}")
+        check_level_channels(self, "cond")
         bad = [c for c in self.channels if self.num_heads < 1 or c % self.num_heads]
         if bad:
             raise ConfigError(

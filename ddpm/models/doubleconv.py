@@ -34,8 +34,7 @@ from ddpm.errors import ConfigError
 from ddpm.models.layers import (
     LabelEmbedding,
     TimestepEmbedding,
-    check_common,
-    check_tuple,
+    check_level_channels,
     coerce_tuples,
     with_labels,
 )
@@ -55,15 +54,7 @@ class DoubleConvUNetConfig:
         self.validate()
 
     def validate(self) -> None:
-        check_tuple("doubleconv", "channels", self.channels)
-        if len(self.channels) < 2:
-            raise ConfigError(
-                f"channels needs at least 2 entries (one per resolution level), got "
-                f"{self.channels!r} ('doubleconv' config)"
-            )
-        check_common(self, "doubleconv", len(self.channels) - 1)
-        if self.time_dim < 2 or self.time_dim % 2:
-            raise ConfigError(f"time_dim must be an even number >= 2, got {self.time_dim}")
+        check_level_channels(self, "doubleconv")
 
 
 class DoubleConv(nn.Module):

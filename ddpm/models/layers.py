@@ -207,3 +207,18 @@ def check_tuple(arch: str, name: str, values: tuple, minimum: int = 1) -> None:
         raise ConfigError(
             f"{name} entries must be integers >= {minimum} ({arch!r} config), got {values!r}"
         )
+
+
+def check_level_channels(config, arch: str) -> None:
+    """The checks of presets whose ``channels`` lists one width per resolution level and that
+    embed t in ``time_dim`` (cond, doubleconv): >= 2 levels, the shared checks, even time_dim."""
+    check_tuple(arch, "channels", config.channels)
+    if len(config.channels) < 2:
+        raise ConfigError(
+            f"channels needs at least 2 entries (one per resolution level), got "
+            f"{config.channels!r} ('{arch}' config)"
+        )
+    check_common(config, arch, len(config.channels) - 1)
+    if config.time_dim < 2 or config.time_dim % 2:
+        raise ConfigError(f"time_dim must be an even number >= 2, got {config.time_dim}")
+
