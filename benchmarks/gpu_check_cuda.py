@@ -3,7 +3,7 @@
 Run by ``python benchmarks/gpu_check.py`` on a machine with a GPU; on a CPU machine the
 driver reports each as ``"not run: no CUDA"``. Every check takes the driver's context
 (``ctx["model"]``: the bundled model with its step graph) and returns a JSON-able dict with
-``ok``. Not run on CUDA hardware yet: see docs/notes/gpu.md.
+``ok``. Not run on CUDA hardware yet: see docs/gpu.md.
 """
 
 from __future__ import annotations

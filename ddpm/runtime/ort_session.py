@@ -14,7 +14,7 @@ parallelism to exploit). Pool threads do not spin-wait
 between ops unless asked (``spin=True``): on a machine shared with another busy process a
 spinning pool steals the cycles its own peer needs. Only a multi-threaded session spins,
 which the runtime uses for a batch it cannot split (one image); ``force_spinning_stop``
-keeps the pool from spinning between runs. Measured figures: docs/notes/runtime.md.
+keeps the pool from spinning between runs. Measured figures: docs/cpu-engines.md.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ INPUTS: tuple[Field, ...] = (
     Field("num_images", "TYPE_INT32", "INT32", False, "images for this row, 1..max_images"),
     # Optional inputs default to what ddpm-run uses (the Sampler's defaults).
     Field("steps", "TYPE_INT32", "INT32", True, "inference steps, 1..T"),
-    Field("sampler", "TYPE_STRING", "BYTES", True, "ddpm or ddim"),
+    Field("sampler", "TYPE_STRING", "BYTES", True, "ddpm, ddim, dpm++2m or mix (as ddpm-run --sampler)"),
     Field("label", "TYPE_INT32", "INT32", True, "class for every image; default cycles 0..K-1"),
     Field("guidance", "TYPE_FP32", "FP32", True, "classifier-free guidance scale"),
     Field("eta", "TYPE_FP32", "FP32", True, "DDIM eta"),

@@ -15,7 +15,7 @@ folder, so later processes skip compilation.
 On ``threads`` > 1 a batch of B >= 2 is split like the ORT engine splits it: ``threads``
 contiguous chunks, each run on a single-threaded compiled model of its chunk size, side by
 side (OpenVINO releases the GIL). A small UNet is many short ops, and one multi-threaded
-request pays a hand-off per op (figures in docs/notes/cpu-engines.md). A single image runs
+request pays a hand-off per op (figures in docs/cpu-engines.md). A single image runs
 on one compiled model with all threads (``split=False`` does that for every batch).
 
 An infer request is not thread-safe, a compiled model is: each call borrows an idle request

@@ -5,7 +5,7 @@ batch size gets its own session with the batch dimension fixed (ORT then folds t
 exporter's Shape/Gather/Concat chains away), and a batch of B >= 2 is split across the
 cores: ``threads`` contiguous chunks, each run by a single-threaded session, concurrently
 (ORT releases the GIL). A UNet graph is ~700 small ops; one multi-threaded run pays a
-thread hand-off per op, while the split runs pay none (figures in docs/notes/runtime.md).
+thread hand-off per op, while the split runs pay none (figures in docs/cpu-engines.md).
 A single image runs on one session with all threads. Each image's arithmetic does not
 depend on the split, so neither do the samples (tests pin it bit for bit).
 

@@ -7,7 +7,7 @@
   (:mod:`.cuda`); device 'cuda' with torch + triton installed (``--update triton``).
 
 Default: ``device`` for ORT on CUDA when the step graph is there, else ``host`` (on the CPU
-EP the host loop is the faster one: docs/notes/gpu.md has the measurement).
+EP the host loop is the faster one: docs/gpu.md has the measurement).
 
 A loop is a callable ``loop(plan, start, stop, *, record, tick, check) -> BatchResult``.
 The Sampler picks one explicitly with :func:`select_loop`; engines never choose.
