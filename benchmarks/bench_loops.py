@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ddpm import cpuinfo
     from ddpm._io import atomic_write_bytes
-    from ddpm.export import step_graph_v2
+    from ddpm.export import step_graph
     from ddpm.runtime import Sampler
     from ddpm.runtime.assets import default_model_path
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = tmp / "model.onnx"
         shutil.copy(default_model_path("ort"), model)
-        step_graph_v2.write(model, tmp / "model_step.onnx", validate=False, say=lambda _m: None)
+        step_graph.write(model, tmp / "model_step.onnx", validate=False, say=lambda _m: None)
         samplers = {loop: Sampler.from_path(model, num_threads=args.threads, loop=loop)
                     for loop in ("host", "device")}
         kw = dict(steps=args.steps, seed=0, batch_size=args.batch)

@@ -61,9 +61,9 @@ def has_cuda() -> bool:
 
 # -- shared inputs --------------------------------------------------------------------------
 def prepare(folder: Path, variants: bool = False) -> Path:
-    """The bundled digits model plus its v2 step graph in ``folder`` (needs onnx); with
+    """The bundled digits model plus its step graph in ``folder`` (needs onnx); with
     ``variants`` also model_fp16.onnx and model_optimized_cuda.onnx (``--optimize cuda``)."""
-    from ddpm.export import step_graph_v2
+    from ddpm.export import step_graph
     from ddpm.runtime.assets import default_model_path
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ def prepare(folder: Path, variants: bool = False) -> Path:
         shutil.copy(default_model_path("ort"), model)
     if not (folder / "model_step.onnx").is_file():
         # validate=False: the device-loop checks below compare whole chains with the host loop
-        step_graph_v2.write(model, folder / "model_step.onnx", validate=False, say=lambda _m: None)
+        step_graph.write(model, folder / "model_step.onnx", validate=False, say=lambda _m: None)
     if variants:
         _variants(model, folder)
     return model

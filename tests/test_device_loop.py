@@ -1,4 +1,4 @@
-"""The device loop (ORT IO binding over the v2 step graph) against the host loop, on the CPU EP.
+"""The device loop (ORT IO binding over the step graph) against the host loop, on the CPU EP.
 
 The same code runs on the CUDA EP; here it is pinned by what a CPU can show: the images, one
 ORT run per step, buffers allocated once per batch, noise uploaded once per batch (or per
@@ -25,13 +25,13 @@ SAMPLERS_HERE = [s for s in ("ddpm", "ddim", "dpm++2m") if s in SAMPLERS]
 
 
 def _with_step(src, dst_dir):
-    """model.onnx copied to ``dst_dir`` plus its v2 step graph (no torch needed)."""
-    from ddpm.export import step_graph_v2
+    """model.onnx copied to ``dst_dir`` plus its step graph (no torch needed)."""
+    from ddpm.export import step_graph
 
     dst_dir.mkdir(parents=True, exist_ok=True)
     model = dst_dir / "model.onnx"
     shutil.copy(src, model)
-    step_graph_v2.write(model, dst_dir / "model_step.onnx", samplers=(("ddpm", 4), ("ddim", 3)),
+    step_graph.write(model, dst_dir / "model_step.onnx", samplers=(("ddpm", 4), ("ddim", 3)),
                         say=lambda _m: None)
     return model
 

@@ -71,11 +71,12 @@ def test_fp16_block_list_is_measured_from_the_graph(make_checkpoint):
     assert {"scale_up", "scale_down"} <= set(blocked) and "relu" not in blocked
 
 
-def test_step_graph_has_no_control_flow_and_matches_numpy_step(variants, exported):
+def test_step_graph_has_no_control_flow_and_matches_numpy_step(variants):
     import onnx
     import onnxruntime as ort
 
     from ddpm.export.step_graph import STEP_ATOL, has_control_flow
+    from ddpm.schedule import TABLE_COLUMNS
 
     path = variants.paths["step"]
     model = onnx.load(str(path))
@@ -85,23 +86,28 @@ def test_step_graph_has_no_control_flow_and_matches_numpy_step(variants, exporte
     assert {r.backend for r in rows} >= {"step graph x_prev", "step graph x0"}
     assert all(r.max_abs <= STEP_ATOL for r in rows)
     c = read(path)
-    assert c.graph == "step" and c.step_graph["num_inference_steps"] == 20
-    table = step_table(c.schedule_config, 20, sampler=c.step_graph["sampler"])
-    assert c.step_graph["timesteps"] == [int(t) for t in table.timesteps]
-    # Independent check: unconditional guidance=0 with the null label equals one model call.
+    assert c.graph == "step" and c.step_graph["version"] == 2
+    assert c.step_graph["table_columns"] == list(TABLE_COLUMNS)
+    # Independent check on a table it was not validated on (ddim, 13 steps): guidance 0
+    # with the null label (one model batch) equals schedule.step on one model call.
+    table = step_table(c.schedule_config, 13, sampler="ddim")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     msess = ort.InferenceSession(str(variants.paths["onnx"]), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(5)
     x = rng.standard_normal((13, 1, 8, 8)).astype(np.float32)
-    z = rng.standard_normal(x.shape).astype(np.float32)
+    noise = rng.standard_normal((3, *x.shape)).astype(np.float32)
     i = 7
     null = np.full(13, TINY_NUM_CLASSES, np.int64)
-    prev, x0 = sess.run(None, {"x_t": x, "step": np.full(13, i, np.int64), "noise": z,
-                               "class_labels": null, "guidance": np.zeros(1, np.float32)})
+    prev, x0, nxt = sess.run(None, {
+        "x_t": x, "step": np.asarray([i], np.int64), "noise": noise,
+        "table": table.as_array(np.float32), "timesteps": table.timesteps,
+        "prev_x0": np.zeros_like(x), "class_labels": null, "guidance": np.zeros(1, np.float32)})
     out = msess.run(None, {"sample": x, "timestep": np.full(13, table.timesteps[i], np.int64),
                            "class_labels": null})[0]
-    ref_prev, ref_x0 = step(table, i, out.astype(np.float64), x.astype(np.float64), z.astype(np.float64))
+    ref_prev, ref_x0 = step(table, i, out.astype(np.float64), x.astype(np.float64),
+                            noise[i % 3].astype(np.float64))
     assert np.abs(prev - ref_prev).max() <= STEP_ATOL and np.abs(x0 - ref_x0).max() <= STEP_ATOL
+    assert nxt.tolist() == [i + 1]
 
 
 def test_optimized_graph_is_cpu_loadable_and_validates(variants):

@@ -213,18 +213,18 @@ def test_dpmpp2m_trajectory_agrees_on_ort_torchscript_torch(damped, kind, steps,
 
 
 def test_step_graph_runs_a_dpmpp2m_chain_with_prev_x0_as_an_io_pair(damped, tmp_path):
-    """model_step.onnx (v2) fed the dpm++2m table: a plain ORT loop that feeds each step's x0
+    """model_step.onnx fed the dpm++2m table: a plain ORT loop that feeds each step's x0
     output back as prev_x0 gives the host loop's samples."""
     import onnxruntime as ort
 
-    from ddpm.export import step_graph_v2
+    from ddpm.export import step_graph
     from ddpm.noise import INIT_STEP, randn
     from ddpm.runtime import Sampler
 
     n, steps, w = 3, 10, 3.0
     model = damped["cond"] / "model.onnx"
     # Its own export-time validation includes a dpm++2m table (per step, vs schedule.step).
-    step_graph_v2.write(model, tmp_path / "model_step.onnx", samplers=(("dpm++2m", steps),),
+    step_graph.write(model, tmp_path / "model_step.onnx", samplers=(("dpm++2m", steps),),
                         say=lambda _m: None)  # fmt: skip
     sess = ort.InferenceSession(str(tmp_path / "model_step.onnx"),
                                 providers=["CPUExecutionProvider"])  # fmt: skip

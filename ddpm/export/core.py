@@ -241,7 +241,7 @@ def _variants(result: ExportResult, loaded, module, spec, tmp, vers, say, *, val
         if rep is not None:
             result.reports.append(rep)
     if "step" in tmp:
-        from ddpm.export import step_graph_v2
+        from ddpm.export import step_graph
         from ddpm.schedule import SAMPLER_OBJECTIVE, SAMPLERS
 
         # Table and noise are graph inputs, so one graph serves every sampler and step count;
@@ -250,7 +250,7 @@ def _variants(result: ExportResult, loaded, module, spec, tmp, vers, say, *, val
         need = SAMPLER_OBJECTIVE[step_sampler]
         other = next((s for s in SAMPLERS if SAMPLER_OBJECTIVE[s] == need and s != step_sampler),
                      step_sampler)
-        rep = step_graph_v2.write(tmp["onnx"], tmp["step"], validate=validate, say=say,
+        rep = step_graph.write(tmp["onnx"], tmp["step"], validate=validate, say=say,
                                   samplers=((step_sampler, step_count),
                                             (other, min(7, loaded.schedule.num_train_timesteps))))
         if rep is not None:

@@ -11,11 +11,8 @@ Model graph (``graph="model"``)::
     class_labels  int64   (batch,)           only for conditional models; num_classes = null
     -> model_output float32 (batch, C_out, H, W)
 
-Step graph (``graph="step"``, one whole sampler step; see step_graph.py)::
-
-    x_t float32 (batch, C, H, W), step int64 (batch,), noise float32 (batch, C, H, W)
-    [class_labels int64 (batch,), guidance float32 (1,)]
-    -> x_prev float32 (batch, C, H, W), x0 float32 (batch, C, H, W)
+The step graph (``graph="step"``, one whole sampler step) declares its own IO beside the
+graph it builds: :func:`ddpm.export.step_graph.step_io`.
 """
 
 from __future__ import annotations
@@ -64,18 +61,3 @@ def model_spec(
         inputs.append(TensorSpec("class_labels", "int64", (BATCH,)))
     out = (BATCH, int(out_channels or channels), int(height), int(width))
     return GraphSpec(tuple(inputs), (TensorSpec(MODEL_OUTPUT, "float32", out),))
-
-
-def step_spec(channels: int, height: int, width: int, num_classes: int) -> GraphSpec:
-    """IO of the whole-step graph; labels and the guidance scale only when conditional."""
-    image = (BATCH, int(channels), int(height), int(width))
-    inputs = [
-        TensorSpec("x_t", "float32", image),
-        TensorSpec("step", "int64", (BATCH,)),
-        TensorSpec("noise", "float32", image),
-    ]
-    if num_classes > 0:
-        inputs.append(TensorSpec("class_labels", "int64", (BATCH,)))
-        inputs.append(TensorSpec("guidance", "float32", (1,)))
-    outputs = (TensorSpec("x_prev", "float32", image), TensorSpec("x0", "float32", image))
-    return GraphSpec(tuple(inputs), outputs)

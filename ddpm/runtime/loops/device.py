@@ -8,7 +8,7 @@ numpy + onnxruntime only (no torch). Per batch, on the session's device (CPU EP 
     binding 1: the same with 0 and 1 swapped
     step i:    run_with_iobinding(binding[i % 2])        (one ORT run; the host writes nothing)
 
-The graph (:mod:`ddpm.export.step_graph_v2`) advances the step counter itself and gathers
+The graph (:mod:`ddpm.export.step_graph`) advances the step counter itself and gathers
 its noise as ``noise[step mod S]``: all N steps' noise is uploaded once per batch when it fits
 :data:`NOISE_BYTES`, else in chunks of S steps, each uploaded when the previous one is used
 up. Nothing is copied back until the end (or per step with ``trajectory=True``). Noise,
@@ -120,7 +120,7 @@ class _Buffers:
 
 
 class DeviceLoop:
-    """Runs each batch of a plan as N runs of the v2 step graph on the engine's device."""
+    """Runs each batch of a plan as N runs of the step graph on the engine's device."""
 
     name = "device"
 
