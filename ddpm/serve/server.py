@@ -28,7 +28,7 @@ from pathlib import Path
 
 import click
 
-from ddpm._cli import friendly_errors
+from ddpm._cli import OneLineCommand, friendly_errors
 from ddpm.errors import BackendError, ConfigError
 
 READY_TIMEOUT_S = 120.0
@@ -50,7 +50,7 @@ def _model_file(model: str | None) -> Path:
     return (p / "model.onnx" if p.is_dir() else p).resolve()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", default=None, help="model.onnx (or its folder). Default: the bundled digits model.")
 @click.option("--repository", default=None, type=click.Path(path_type=Path), help="Serve REPO/ddpm_sampler written by ddpm-export --triton-repo REPO (its config.pbtxt sets device, instances, workers).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
