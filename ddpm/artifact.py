@@ -53,7 +53,7 @@ class TensorSpec:
 @dataclass(frozen=True)
 class Contract:
     """What a model file promises. ``graph`` is "model" (predicts the network output) or
-    "step" (a whole sampler step; ``step_graph`` then says which sampler and table)."""
+    "step" (a whole sampler step; ``step_graph`` then describes its signature)."""
 
     arch: str
     model_config: dict[str, Any]
@@ -283,7 +283,7 @@ def contract_for(
 
 # -- reading ---------------------------------------------------------------------------------
 def read(path: str | os.PathLike) -> Contract:
-    """Read and validate the contract of an exported ``.onnx`` or TorchScript file."""
+    """Read and validate the contract of an exported ``.onnx``, TorchScript or pt2 file."""
     p = Path(path)
     if not p.is_file():
         raise ArtifactError(f"model file {str(p)!r} not found; pass the path of an exported model.onnx")
@@ -297,14 +297,16 @@ def read(path: str | os.PathLike) -> Contract:
 
 
 def _read_ts_extra(p: Path) -> bytes:
+    """The contract of a zip archive: model.ts and model.pt2 keep it at ``*/extra/``."""
+    kind = "pt2 package" if p.suffix == ".pt2" else "TorchScript archive"
     try:
         with zipfile.ZipFile(p) as zf:
             names = [n for n in zf.namelist() if n.endswith("/extra/" + TS_EXTRA_FILE)]
             if not names:
-                raise ArtifactError(f"{p}: TorchScript file has no {TS_EXTRA_FILE}; {REEXPORT_HINT}")
+                raise ArtifactError(f"{p}: {kind} has no {TS_EXTRA_FILE}; {REEXPORT_HINT}")
             return zf.read(names[0])
     except (zipfile.BadZipFile, OSError) as e:
-        raise ArtifactError(f"{p}: corrupt TorchScript archive ({e}); re-export the model") from None
+        raise ArtifactError(f"{p}: corrupt {kind} ({e}); re-export the model") from None
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:

@@ -28,9 +28,9 @@ DEFAULTS: dict[str, tuple[int, str]] = {
     "BLOCKS": (64, "residual blocks per level, attention heads, kernel size"),
     "NUM_CLASSES": (100_000, "class labels of a conditional model"),
     "TIMESTEPS": (100_000, "training timesteps T"),
-    "BATCH_SIZE": (65_536, "images per batch (--batch-size)"),
-    "NUM_SAMPLES": (65_536, "images per run or sample grid (-n, --num-samples)"),
-    "STEPS": (100_000_000, "optimizer steps (--steps)"),
+    "BATCH_SIZE": (65_536, "images per batch"),
+    "NUM_SAMPLES": (65_536, "images per run or sample grid"),
+    "STEPS": (100_000_000, "optimizer steps of a training run"),
     "SAMPLE_STEPS": (100_000, "inference steps"),
     "CHECKPOINT_BYTES": (16 << 30, "bytes of a checkpoint once decompressed"),
     # 2**28 float32 elements = 1 GiB: one input batch never needs more on one machine.
