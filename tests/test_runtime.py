@@ -11,11 +11,9 @@ shows up as an O(1) difference while rounding stays far below the 1e-3 tolerance
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_checkpoint
 
 from ddpm.errors import ConfigError
 from ddpm.noise import INIT_STEP, randn
@@ -23,31 +21,6 @@ from ddpm.runtime import Sampler
 from ddpm.schedule import step, step_table
 
 PARITY_ATOL = 1e-3  # issue 6: final images in [-1, 1], all CPU backends
-
-
-def _damped_export(root: Path, arch: str, conditional: bool) -> Path:
-    import torch
-
-    from ddpm.export import export_checkpoint
-    from ddpm.models.checkpoint import save_checkpoint
-
-    ckpt = write_checkpoint(root / "ckpt.pt", arch, conditional, seed=1)
-    c = torch.load(ckpt, weights_only=True)
-    for weights in ("ema", "model"):
-        for k in ("conv_out.weight", "conv_out.bias"):
-            c[weights][k] = c[weights][k] * 0.1
-    save_checkpoint(ckpt, c)
-    export_checkpoint(ckpt, validate=False)  # parity below is the validation
-    return root
-
-
-@pytest.fixture(scope="module")
-def damped(tmp_path_factory):
-    """{"uncond": folder, "cond": folder}, each with ckpt.pt, model.onnx and model.ts."""
-    return {
-        "uncond": _damped_export(tmp_path_factory.mktemp("damped-uncond"), "ddpm", False),
-        "cond": _damped_export(tmp_path_factory.mktemp("damped-cond"), "cond", True),
-    }
 
 
 @pytest.fixture(scope="module")
