@@ -351,6 +351,8 @@ def step_table(
     eta: float = 0.0,
     clipped_eps: bool | None = None,
     timesteps: Sequence[int] | None = None,
+    final_sigmas_type: str = "zero",
+    lower_order_final: bool = True,
 ) -> StepTable:
     """Coefficient table for ``sampler`` ("ddpm" ancestral or "ddim" with η) on N steps.
 
@@ -361,13 +363,23 @@ def step_table(
     output (False: diffusers' default ``use_clipped_model_output=False``); without clipping
     the two are the same update. ``timesteps`` is an explicit descending list of N model
     timesteps (diffusers' ``set_timesteps(timesteps=...)``), each step going to the next.
+    ``final_sigmas_type`` and ``lower_order_final`` (dpm++2m only) are the options of diffusers'
+    DPMSolverMultistepScheduler (see :func:`ddpm.solvers.dpmpp2m_columns`).
     """
     _check_choice("sampler", sampler, SAMPLERS)
     if eta < 0:
         raise ConfigError(f"eta must be >= 0, got {eta}")
     _check_objective(config, sampler)
+    if sampler != "dpm++2m" and (final_sigmas_type != "zero" or not lower_order_final):
+        raise ConfigError(
+            f"final_sigmas_type and lower_order_final are DPM-Solver++ options, not {sampler}'s; "
+            "leave them at their defaults or use sampler dpm++2m"
+        )
     if sampler in ("dpm++2m", "mix"):
-        return _solver_table(config, num_inference_steps, sampler, spacing, eta, timesteps)
+        return _solver_table(
+            config, num_inference_steps, sampler, spacing, eta, timesteps,
+            final_sigmas_type=final_sigmas_type, lower_order_final=bool(lower_order_final),
+        )  # fmt: skip
     clipped_eps = config.clipped_eps if clipped_eps is None else bool(clipped_eps)
     ts, ac_prev, ac_all = _chain(config, num_inference_steps, sampler, spacing, timesteps)
     ac = ac_all[ts]
@@ -454,7 +466,7 @@ def _check_objective(config: ScheduleConfig, sampler: str) -> None:
 
 def _solver_table(
     config: ScheduleConfig, n: int, sampler: str, spacing: str | None, eta: float,
-    timesteps: Sequence[int] | None,
+    timesteps: Sequence[int] | None, **dpm_options,
 ) -> StepTable:
     """Table of "dpm++2m" or "mix" from :mod:`ddpm.solvers` (deterministic: no η, σ = 0)."""
     from ddpm import solvers
@@ -477,7 +489,7 @@ def _solver_table(
     else:
         spacing = config.timestep_spacing if spacing is None else spacing
         _check_choice("timestep spacing", spacing, SPACINGS)
-        ts, cols = solvers.dpmpp2m_columns(config.alphas_cumprod(), n, spacing)
+        ts, cols = solvers.dpmpp2m_columns(config.alphas_cumprod(), n, spacing, **dpm_options)
     x0_xt, x0_out = _x0_coefficients(config.prediction_type, config.alphas_cumprod()[ts])
     zeros = np.zeros(len(ts))
     return StepTable(

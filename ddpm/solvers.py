@@ -61,8 +61,16 @@ def _distinct(T: int, n: int, spacing: str) -> bool:
     return len(ts) == n and bool((np.diff(ts) < 0).all()) and ts[-1] >= 0
 
 
+FINAL_SIGMAS = ("zero", "sigma_min")
+
+
 def dpmpp2m_columns(
-    alphas_cumprod: np.ndarray, num_inference_steps: int, spacing: str
+    alphas_cumprod: np.ndarray,
+    num_inference_steps: int,
+    spacing: str,
+    *,
+    final_sigmas_type: str = "zero",
+    lower_order_final: bool = True,
 ) -> tuple[np.ndarray, Columns]:
     """(timesteps, {c_x0, c_xt, c_prev}) of DPM-Solver++(2M) on the data prediction x̂0.
 
@@ -71,23 +79,32 @@ def dpmpp2m_columns(
         first order  x_next = σ_next/σ_cur · x + α_next(1 − e^{−h}) · x̂0_cur
         second order + D1 = (x̂0_cur − x̂0_prev)/r, r = (λ_cur − λ_prev)/h, weight ½α_next(1−e^{−h})
 
-    Step 0 has no previous x̂0 and the last step lands on σ = 0, so both are first order
-    (diffusers' lower_order_final with final σ = 0); the last step returns x̂0 exactly.
+    Step 0 has no previous x̂0, so it is first order. ``final_sigmas_type`` and
+    ``lower_order_final`` are diffusers' options of the same names: the last step lands on
+    σ = 0 ("zero", the default: first order, returns x̂0 exactly) or on the smallest training
+    σ, ᾱ[0] ("sigma_min"); there it is first order only when ``lower_order_final`` and N < 15.
     """
+    if final_sigmas_type not in FINAL_SIGMAS:
+        raise ConfigError(
+            f"final_sigmas_type must be one of {', '.join(FINAL_SIGMAS)}, got "
+            f"{final_sigmas_type!r}", field="final_sigmas_type",
+        )
     ac_all = np.asarray(alphas_cumprod, np.float64)
     T, N = len(ac_all), int(num_inference_steps)
     ts = _check_distinct(T, N, spacing)
     ac = ac_all[ts]
-    ac_next = np.concatenate([ac_all[ts[1:]], [1.0]])  # final σ = 0, i.e. ᾱ = 1
+    last = 1.0 if final_sigmas_type == "zero" else ac_all[0]  # σ = 0 is ᾱ = 1
+    ac_next = np.concatenate([ac_all[ts[1:]], [last]])
     alpha, sigma = np.sqrt(ac), np.sqrt(1.0 - ac)
     alpha_n, sigma_n = np.sqrt(ac_next), np.sqrt(1.0 - ac_next)
     # e^{-h} = (σ_next/α_next) / (σ_cur/α_cur): written as a ratio, so σ_next = 0 gives 0, not nan.
     exp_mh = (sigma_n * alpha) / (alpha_n * sigma)
     a = alpha_n * (1.0 - exp_mh)
     c_x0, c_prev = a.copy(), np.zeros(N)
-    if N > 2:
+    final_first = final_sigmas_type == "zero" or (lower_order_final and N < 15)
+    i = np.arange(1, N - 1 if final_first else N)  # second-order steps
+    if len(i):
         lam = np.log(alpha) - np.log(sigma)
-        i = np.arange(1, N - 1)  # second-order steps
         h = np.log(alpha_n[i]) - np.log(sigma_n[i]) - lam[i]
         r = (lam[i] - lam[i - 1]) / h
         c_x0[i] = a[i] * (1.0 + 0.5 / r)

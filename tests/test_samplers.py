@@ -34,11 +34,13 @@ class _Float64Torch:
         return getattr(torch, name)
 
 
-def _oracle(beta: str, pred: str, spacing: str, clip: bool, n: int, exact: bool, monkeypatch):
+def _oracle(beta: str, pred: str, spacing: str, clip: bool, n: int, exact: bool, monkeypatch,
+            final: str = "zero", lower_order_final: bool = True):  # fmt: skip
     theirs = DPMSolverMultistepScheduler(
         num_train_timesteps=1000, beta_schedule=beta, prediction_type=pred,
-        algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
+        algorithm_type="dpmsolver++", solver_order=2, lower_order_final=lower_order_final,
         timestep_spacing=spacing, thresholding=clip, sample_max_value=1.0,
+        final_sigmas_type=final,
     )  # fmt: skip
     theirs.set_timesteps(n)
     if exact:
@@ -46,7 +48,8 @@ def _oracle(beta: str, pred: str, spacing: str, clip: bool, n: int, exact: bool,
         ac = np.cumprod(1.0 - S.make_betas(ours, 1000))
         ts = theirs.timesteps.numpy()
         sig = np.sqrt((1.0 - ac[ts]) / ac[ts])
-        theirs.sigmas = torch.from_numpy(np.concatenate([sig, [0.0]]))
+        last = 0.0 if final == "zero" else np.sqrt((1.0 - ac[0]) / ac[0])
+        theirs.sigmas = torch.from_numpy(np.concatenate([sig, [last]]))
         monkeypatch.setattr(dpm_module, "torch", _Float64Torch())
     return theirs
 
@@ -93,6 +96,20 @@ def test_dpmpp2m_step_matches_diffusers(beta, n, spacing, clip, pred, monkeypatc
     cfg = S.ScheduleConfig(beta_schedule=ours_beta, prediction_type=pred, clip_sample=clip)
     table = S.step_table(cfg, n, sampler="dpm++2m", spacing=spacing)
     assert _drive(table, _oracle(beta, pred, spacing, clip, n, True, monkeypatch), True) <= ATOL
+
+
+@pytest.mark.parametrize("n", [1, 2, 10, 14, 15, 50])
+@pytest.mark.parametrize("lower_order_final", [True, False])
+@pytest.mark.parametrize("pred", ["epsilon", "v_prediction"])
+def test_dpmpp2m_sigma_min_final_matches_diffusers(n, lower_order_final, pred, monkeypatch):
+    """final_sigmas_type="sigma_min": the last step lands on ᾱ[0], second order unless
+    lower_order_final and N < 15 (diffusers' rule)."""
+    cfg = S.ScheduleConfig(prediction_type=pred, clip_sample=False)
+    table = S.step_table(cfg, n, sampler="dpm++2m", spacing="linspace",
+                         final_sigmas_type="sigma_min", lower_order_final=lower_order_final)
+    theirs = _oracle("linear", pred, "linspace", False, n, True, monkeypatch, "sigma_min",
+                     lower_order_final)  # fmt: skip
+    assert _drive(table, theirs, True) <= ATOL
 
 
 @pytest.mark.parametrize("pred", ["epsilon", "v_prediction"])

@@ -414,3 +414,53 @@ def test_linspace_ddim_sums_follow_the_stored_prev_timestep_convention():
         x = sched.step(x * t / (t + 1), t, x, 0.0).prev_sample
     assert abs(s_theirs - float(x.abs().sum())) < 1e-2, (s_theirs, float(x.abs().sum()))
     assert abs(s_ours - 169.4641) < 1e-2, s_ours
+
+
+# -- 3. DPM-Solver++(2M): diffusers' tests/schedulers/test_scheduler_dpm_multi.py -----------
+# Their config: linear betas 1e-4..0.02, dpmsolver++ order 2 midpoint, lower_order_final=False,
+# final_sigmas_type="sigma_min", and DPMSolverMultistepScheduler's default "linspace" spacing;
+# 10 steps over the dummy model. Their use_karras_sigmas / use_lu_lambdas cases (0.2096,
+# 0.1554) have no counterpart: ddpm refuses DPMSolverMultistepScheduler configs on import and
+# its dpm++2m steps on the model's own timesteps only.
+DPM_TEST = dict(spacing="linspace", final_sigmas_type="sigma_min", lower_order_final=False)
+
+
+@pytest.mark.parametrize(
+    "options,expected_mean",
+    [
+        ({}, 0.3301),  # test_full_loop_no_noise, test_switch
+        ({"thresholding": True, "dynamic_thresholding_ratio": 0.87, "sample_max_value": 0.5},
+         1.1364),  # test_full_loop_no_noise_thres
+        ({"prediction_type": "v_prediction"}, 0.2251),  # test_full_loop_with_v_prediction
+    ],
+)  # fmt: skip
+def test_dpm_multi_full_loop_reproduces_diffusers_numbers(options, expected_mean):
+    table = S.step_table(S.ScheduleConfig(**DDPM_BASE, **options), 10, sampler="dpm++2m",
+                         **DPM_TEST)  # fmt: skip
+    _, m = sum_mean(our_loop(table, dummy_sample_deter()))
+    assert abs(m - expected_mean) < 1e-3, m
+
+
+def test_dpm_multi_full_loop_with_noise_reproduces_diffusers_numbers():
+    # test_full_loop_with_noise: add_noise at the 6th visited timestep, then its last 5 steps.
+    # diffusers starts there with no model-output history, so that first step is first order:
+    # a second-order row's c_x0 + c_prev is exactly its first-order coefficient (the D1 terms
+    # cancel when x̂0_prev = x̂0_cur), which is the row the restart uses.
+    cfg = S.ScheduleConfig(**DDPM_BASE)
+    table = S.step_table(cfg, 10, sampler="dpm++2m", **DPM_TEST)
+    c_x0, c_prev = table.c_x0.copy(), table.c_prev.copy()
+    c_x0[5], c_prev[5] = c_x0[5] + c_prev[5], 0.0
+    table = dataclasses.replace(table, c_x0=c_x0, c_prev=c_prev)
+    a, b = S.q_sample_coefficients(cfg)
+    t5 = int(table.timesteps[5])
+    x = (a[t5] * dummy_sample_deter() + b[t5] * dummy_noise_deter()).astype(np.float32)
+    s, m = sum_mean(our_loop(table, x, start=5))
+    assert abs(s - 318.4111) < 1e-2 and abs(m - 0.4146) < 1e-3, (s, m)
+
+
+def test_dpm_final_sigma_options_are_validated():
+    cfg = S.ScheduleConfig()
+    with pytest.raises(ConfigError, match="final_sigmas_type must be one of zero, sigma_min"):
+        S.step_table(cfg, 10, sampler="dpm++2m", final_sigmas_type="sigma_max")
+    with pytest.raises(ConfigError, match="DPM-Solver\\+\\+ options, not ddim's"):
+        S.step_table(cfg, 10, sampler="ddim", lower_order_final=False)
