@@ -18,8 +18,10 @@ line, and ``@friendly_errors`` on the callback turns everything raised inside it
 
 from __future__ import annotations
 
+import atexit
 import errno
 import functools
+import gc
 import os
 import sys
 import traceback
@@ -121,6 +123,24 @@ def debug_option() -> click.Option:
     )
 
 
+_fast_exit_registered = False
+
+
+def _fast_exit() -> None:
+    """Skip the garbage collections of interpreter shutdown once a command has run.
+
+    With torch, scipy and matplotlib loaded (~3000 modules, ~400k tracked objects) CPython's
+    shutdown collections took 4-5 s on a 2-core machine after every ddpm-train, Ctrl-C
+    included; freezing the heap at exit (atexit runs before those collections) takes that to
+    ~0.7 s. Files are closed by their ``with`` blocks and std streams are flushed by CPython
+    regardless, so no output depends on those collections.
+    """
+    global _fast_exit_registered
+    if not _fast_exit_registered:
+        atexit.register(gc.freeze)
+        _fast_exit_registered = True
+
+
 class OneLineCommand(click.Command):
     """A click command whose usage errors (``--steps abc``) are one ``error:`` line, exit 2.
 
@@ -136,6 +156,7 @@ class OneLineCommand(click.Command):
     def main(self, *args, **kwargs):  # type: ignore[override]
         global _debug_flag
         _debug_flag = False
+        _fast_exit()
         kwargs["standalone_mode"] = False
         try:
             return super().main(*args, **kwargs)

@@ -18,6 +18,9 @@ each take a slice of the global batch) agree on what the batch is.
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,34 @@ from ddpm.training.state import capture_rng, check_loss, weights_sha256
 
 #: When set, each rank writes the sha256 of its final weights to DIR/rank{R}.sha256.
 HASH_DIR_ENV = "DDPM_TRAIN_HASH_DIR"
+
+
+class StopRequest:
+    """Ctrl-C during training, taken at a step boundary instead of wherever it lands.
+
+    Python raises KeyboardInterrupt wherever the main thread happens to be; inside a
+    ``__del__`` or weakref callback (tqdm, torch) that exception is printed and swallowed and
+    training runs on. So the first SIGINT only sets a flag that the loop reads after each
+    step (then it saves ckpt.pt and raises KeyboardInterrupt itself); a second SIGINT raises
+    at once, as usual. Installed only in the main thread of a single-process run: DDP ranks
+    stopping at different steps would hang in their collectives.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.requested = False
+        self._previous = None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 @dataclass
@@ -150,8 +181,11 @@ class Trainer:
         # holds only the outcome (the one error: line), not thousands of bar updates.
         bar = tqdm(total=cfg.steps, initial=self.step, disable=None if self.dist.is_main else True,
                    unit="step", dynamic_ncols=True, desc=f"train {cfg.arch}")
+        stop = StopRequest(enabled=not self.dist.enabled)
         try:
             while self.step < cfg.steps:
+                if stop.requested:
+                    self.stop_for_interrupt(bar)
                 loss = self.train_step(self.step)
                 check_loss(loss, self.step + 1, self.cfg, self.saved_step)  # never save NaN
                 self.step += 1
@@ -163,14 +197,26 @@ class Trainer:
                     self.write_checkpoint()
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self.write_samples()
+            if stop.requested:
+                self.stop_for_interrupt(bar)
         finally:
             bar.close()
+            stop.restore()
         self.write_checkpoint()
         if not (cfg.sample_every and self.step % cfg.sample_every == 0):
             self.write_samples()
         self.write_hash()
         ddp.barrier(self.dist)
         return TrainResult(out=out, step=self.step, losses=self.losses, is_main=self.dist.is_main)
+
+    def stop_for_interrupt(self, bar) -> None:
+        """Save the steps done so far (unless ckpt.pt already holds them), then stop."""
+        if self.saved_step != self.step:
+            self.write_checkpoint()
+        ckpt = Path(self.cfg.out) / "ckpt.pt"
+        bar.write(f"saved {ckpt} at step {self.step}; continue with: ddpm-train --resume {ckpt}",
+                  file=sys.stderr)
+        raise KeyboardInterrupt
 
     def write_samples(self) -> None:
         if not self.dist.is_main:
