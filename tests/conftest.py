@@ -167,3 +167,29 @@ def damped(tmp_path_factory) -> dict[str, Path]:
         "uncond": _damped_export(tmp_path_factory.mktemp("damped-uncond"), "ddpm", False),
         "cond": _damped_export(tmp_path_factory.mktemp("damped-cond"), "cond", True),
     }
+
+
+# -- the fast tier: `pytest -m "not slow"` (README, "Tests") -------------------------------
+#: Fixtures whose first use exports models with the default (dynamo) exporter, ~15 s each on
+#: 2 cores: every test that takes one is part of the full suite only.
+SLOW_FIXTURES = frozenset({"exported", "damped"})
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+def long_chains_slow(cases, n_index: int = 1, keep: int = 1) -> list:
+    """Parametrize cases with the chains of N >= 999 steps (1-2 s each against diffusers)
+    marked slow, except the first ``keep`` of them, which stay in the fast tier."""
+    out, kept = [], 0
+    for case in cases:
+        if case[n_index] >= 999:
+            kept += 1
+            if kept > keep:
+                out.append(pytest.param(*case, marks=pytest.mark.slow))
+                continue
+        out.append(case)
+    return out

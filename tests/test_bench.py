@@ -15,6 +15,8 @@ import os
 import pytest
 from click.testing import CliRunner
 
+pytestmark = [pytest.mark.slow]  # benchmark runs
+
 pytest.importorskip("diffusers")
 
 ROWS = ["diffusers_pipeline", "host_loop_torch_eager", "host_loop_ort_default_session", "ddpm_run_ort",

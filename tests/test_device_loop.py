@@ -20,6 +20,8 @@ from ddpm.artifact import read
 from ddpm.errors import ArtifactError, BackendError
 from ddpm.schedule import SAMPLERS
 
+pytestmark = [pytest.mark.slow]  # step-graph exports
+
 PARITY_ATOL = 1e-4  # images in [-1, 1]: fp32 graph vs float64-then-fp32 numpy step
 SAMPLERS_HERE = [s for s in ("ddpm", "ddim", "dpm++2m") if s in SAMPLERS]
 

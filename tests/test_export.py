@@ -12,6 +12,8 @@ from conftest import TINY_CONFIGS, TINY_NUM_CLASSES
 
 from ddpm.artifact import read
 
+pytestmark = [pytest.mark.slow]  # exports of every preset and a real ddpm-train run
+
 # Conditional where the preset supports it (a superset of the unconditional graph), plus the
 # unconditional ddpm graph: ~1-3 s each on a busy 2-core machine.
 CASES = [("basic", False), ("ddpm", False)] + [(a, True) for a in TINY_CONFIGS if a != "basic"]

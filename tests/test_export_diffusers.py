@@ -27,6 +27,8 @@ from ddpm.export.cli import main
 from ddpm.export.diffusers_config import check_pipeline, schedule_from_scheduler_config
 from ddpm.noise import INIT_STEP, randn
 
+pytestmark = [pytest.mark.slow]  # diffusers UNet2DModel exports
+
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 

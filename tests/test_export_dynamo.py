@@ -11,6 +11,8 @@ from click.testing import CliRunner
 
 from ddpm.artifact import read
 
+pytestmark = [pytest.mark.slow]  # dynamo ONNX exports
+
 
 @pytest.fixture(scope="module")
 def unet2d_variants(make_checkpoint, tmp_path_factory):

@@ -14,6 +14,8 @@ from click.testing import CliRunner
 
 from ddpm.export.cli import main
 
+pytestmark = [pytest.mark.slow]  # exports of diffusers and safetensors models
+
 
 def _run(args: list[str]):
     r = CliRunner().invoke(main, [str(a) for a in args])

@@ -12,6 +12,8 @@ from conftest import TINY_NUM_CLASSES
 from ddpm.artifact import read
 from ddpm.schedule import step, step_table
 
+pytestmark = [pytest.mark.slow]  # fp16/int8/optimized exports
+
 
 @pytest.fixture(scope="module")
 def variants(make_checkpoint, tmp_path_factory):

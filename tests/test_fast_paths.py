@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+pytestmark = [pytest.mark.slow]  # ORT graph-optimization exports
+
 
 @pytest.fixture(scope="module")
 def unet2d_fast(exported, tmp_path_factory):

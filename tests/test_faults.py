@@ -212,6 +212,7 @@ def test_deflate_bomb_through_ddpm_export_stays_under_1_gb(good_ckpt, tmp_path):
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow  # a full export in a subprocess
 def test_pickled_code_in_a_checkpoint_never_runs_through_the_cli(tmp_path):
     marker = tmp_path / "pwned"
 

@@ -117,6 +117,7 @@ def test_export_step_sampler_the_objective_does_not_allow_names_the_ones_it_does
     assert not out.exists() or list(out.iterdir()) == []
 
 
+@pytest.mark.slow  # a full export in a subprocess
 def test_export_whose_second_file_fails_leaves_no_half_export(tmp_path, monkeypatch):
     import errno
 

@@ -117,6 +117,7 @@ def test_ddpm_run_on_a_full_disk_is_one_line_and_keeps_the_previous_grid(full_di
     assert sorted(p.name for p in full_disk.iterdir()) == ["filler", "samples.png"]
 
 
+@pytest.mark.slow  # a full export in a subprocess
 def test_ddpm_export_on_a_full_disk_is_one_line_and_leaves_nothing(good_ckpt, full_disk):
     (full_disk / "filler").write_bytes(b"\0" * ((1 << 20) - 8192))  # ~8 KiB left
     proc = run_cli("ddpm-export", str(good_ckpt), "--out", str(full_disk), "--no-validate")

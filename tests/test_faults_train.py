@@ -24,7 +24,7 @@ from ddpm.training.cli import main as train_cli
 from ddpm.training.config import TrainConfig
 from ddpm.training.trainer import train
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # training processes interrupted and killed
 
 TINY = {"channels": [8, 8], "kernel_size": 3}
 

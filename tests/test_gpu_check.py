@@ -15,6 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = [pytest.mark.slow]  # the GPU check's CPU dry run (exports and sampling)
+
 ROOT = Path(__file__).resolve().parents[1]
 CPU_CHECKS = {"env", "device_loop_cpu_ep", "cuda_graph_refused_on_cpu", "triton_vs_reference",
               "philox_vs_ddpm_noise", "triton_loop_vs_host"}

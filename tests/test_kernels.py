@@ -27,6 +27,8 @@ import torch
 
 from ddpm.schedule import ScheduleConfig, StepTable, step_table
 
+pytestmark = [pytest.mark.slow]  # the Triton kernel in the interpreter
+
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = (("ddpm", "fixed_small", 0.0), ("ddpm", "fixed_large", 0.0),
             ("ddim", "fixed_small", 0.0), ("ddim", "fixed_small", 1.0),

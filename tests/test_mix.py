@@ -14,6 +14,8 @@ from ddpm import schedule as S
 from ddpm.errors import ConfigError
 from ddpm.noise import INIT_STEP, initial_noise, rand, randn
 
+pytestmark = [pytest.mark.slow]  # training and exporting a corrupt-objective model
+
 CORRUPT = S.ScheduleConfig(prediction_type="sample", objective="corrupt")
 
 

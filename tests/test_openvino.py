@@ -23,6 +23,8 @@ from ddpm.errors import ArtifactError, BackendError  # noqa: E402
 from ddpm.runtime.engines import openvino as ovmod  # noqa: E402
 from ddpm.runtime.engines.openvino import OpenVinoEngine  # noqa: E402
 
+pytestmark = [pytest.mark.slow]  # OpenVINO compilation
+
 BUNDLED = Path(ovmod.__file__).resolve().parents[2] / "assets" / "digits.onnx"
 
 

@@ -15,6 +15,8 @@ from conftest import TINY_CONFIGS, TINY_IMAGE_SIZE
 
 from ddpm.artifact import read
 
+pytestmark = [pytest.mark.slow]  # torch.export / AOTInductor builds
+
 CASES = [("basic", False)] + [(a, True) for a in TINY_CONFIGS if a != "basic"]
 IMAGE_ATOL = 1e-3  # samples in [-1, 1] after 4 steps of the same noise
 

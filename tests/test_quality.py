@@ -15,6 +15,8 @@ import pytest
 from ddpm import quality
 from ddpm.runtime import Sampler
 
+pytestmark = [pytest.mark.slow]  # sampling and judging hundreds of images
+
 
 @pytest.fixture(scope="module")
 def judge():

@@ -16,6 +16,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import long_chains_slow
 from diffusers import DPMSolverMultistepScheduler
 from diffusers.schedulers import scheduling_dpmsolver_multistep as dpm_module
 
@@ -88,7 +89,7 @@ DPM_MATRIX = list(
 ) + [("linear", 999, "linspace", True, "epsilon"), ("linear", 1000, "trailing", False, "v_prediction")]
 
 
-@pytest.mark.parametrize("beta,n,spacing,clip,pred", DPM_MATRIX)
+@pytest.mark.parametrize("beta,n,spacing,clip,pred", long_chains_slow(DPM_MATRIX))
 def test_dpmpp2m_step_matches_diffusers(beta, n, spacing, clip, pred, monkeypatch):
     """Per step, x_prev and x̂0 equal diffusers' to 1e-6; our clip_sample is its thresholding
     with sample_max_value = 1 (the quantile is clamped to [1, 1], i.e. plain clipping)."""

@@ -21,6 +21,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import long_chains_slow
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.schedulers import scheduling_ddpm
 
@@ -90,7 +91,7 @@ DDPM_MATRIX = list(
 )
 
 
-@pytest.mark.parametrize("beta,n,spacing,variance,clip,pred", DDPM_MATRIX)
+@pytest.mark.parametrize("beta,n,spacing,variance,clip,pred", long_chains_slow(DDPM_MATRIX))
 def test_ddpm_step_matches_diffusers(beta, n, spacing, variance, clip, pred, monkeypatch):
     ours_beta = "cosine" if beta == "squaredcos_cap_v2" else beta
     cfg = S.ScheduleConfig(
@@ -122,7 +123,7 @@ DDIM_MATRIX = [
 
 
 @pytest.mark.parametrize("clipped_eps", [True, False])
-@pytest.mark.parametrize("beta,n,spacing,eta,clip,pred", DDIM_MATRIX)
+@pytest.mark.parametrize("beta,n,spacing,eta,clip,pred", long_chains_slow(DDIM_MATRIX))
 def test_ddim_step_matches_diffusers(beta, n, spacing, eta, clip, pred, clipped_eps, monkeypatch):
     """Our default direction term uses ε̂ from the clipped x̂0: diffusers'
     ``use_clipped_model_output=True``; ``clipped_eps=False`` is diffusers' default."""

@@ -38,6 +38,8 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from ddpm.serve.launch import TritonServer, free_port  # noqa: E402
 
+pytestmark = [pytest.mark.slow]  # Triton model repositories and server processes
+
 MODEL = default_model_path("ort")
 HOST = "127.0.0.1"
 #: (seed, num_images, steps, sampler, label, guidance): mixed, so a mix-up shows.

@@ -24,7 +24,7 @@ TINY = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
         "attn_resolutions": [4], "num_groups": 4, "dropout": 0.1}
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # training runs, torchrun with two ranks
 
 
 def tiny_config(out, **changes) -> TrainConfig:

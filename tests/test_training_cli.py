@@ -17,7 +17,7 @@ from ddpm.training.cli import main
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]  # real ddpm-train processes
 
 
 def _run(args: list[str]):

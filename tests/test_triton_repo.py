@@ -19,6 +19,8 @@ from ddpm.errors import ConfigError
 from ddpm.runtime import Sampler, default_model_path
 from ddpm.serve.requests import INPUTS, RequestRunner, error_message, parse_rows
 
+pytestmark = [pytest.mark.slow]  # Triton model repository exports
+
 MODEL = default_model_path("ort")  # bundled 16x16 digits model, 10 classes, T=1000
 
 

@@ -52,7 +52,10 @@ class StopRequest:
     def __init__(self, enabled: bool) -> None:
         self.requested = False
         self._previous = None
-        if enabled and threading.current_thread() is threading.main_thread():
+        if (enabled and threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            # Python's own handler only: a SIGINT the parent ignores (a background job) or
+            # an embedding app's handler stays as it is.
             self._previous = signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum, frame) -> None:
