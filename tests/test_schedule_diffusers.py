@@ -56,6 +56,13 @@ def our_loop(table: S.StepTable, x: np.ndarray, noise=lambda i: None, start: int
     return x
 
 
+def noised_at(cfg: S.ScheduleConfig, table: S.StepTable, row: int) -> np.ndarray:
+    """diffusers' add_noise(dummy_sample_deter, dummy_noise_deter, t) at the table's row."""
+    a, b = S.q_sample_coefficients(cfg)
+    t = int(table.timesteps[row])
+    return (a[t] * dummy_sample_deter() + b[t] * dummy_noise_deter()).astype(np.float32)
+
+
 def sum_mean(x: np.ndarray) -> tuple[float, float]:
     return float(np.abs(x).sum()), float(np.abs(x).mean())
 
@@ -144,10 +151,7 @@ def test_ddim_full_loop_with_noise_reproduces_diffusers_numbers():
     # add_noise at timesteps[8] = 100, then steps 100 and 0.
     cfg = S.ScheduleConfig(**DDIM_BASE)
     table = S.step_table(cfg, 10, sampler="ddim")
-    a, b = S.q_sample_coefficients(cfg)
-    t = int(table.timesteps[8])
-    x = (a[t] * dummy_sample_deter() + b[t] * dummy_noise_deter()).astype(np.float32)
-    s, m = sum_mean(our_loop(table, x, start=8))
+    s, m = sum_mean(our_loop(table, noised_at(cfg, table, 8), start=8))
     assert abs(s - 354.5418) < 1e-2 and abs(m - 0.4616) < 1e-3, (s, m)
 
 
@@ -451,10 +455,7 @@ def test_dpm_multi_full_loop_with_noise_reproduces_diffusers_numbers():
     c_x0, c_prev = table.c_x0.copy(), table.c_prev.copy()
     c_x0[5], c_prev[5] = c_x0[5] + c_prev[5], 0.0
     table = dataclasses.replace(table, c_x0=c_x0, c_prev=c_prev)
-    a, b = S.q_sample_coefficients(cfg)
-    t5 = int(table.timesteps[5])
-    x = (a[t5] * dummy_sample_deter() + b[t5] * dummy_noise_deter()).astype(np.float32)
-    s, m = sum_mean(our_loop(table, x, start=5))
+    s, m = sum_mean(our_loop(table, noised_at(cfg, table, 5), start=5))
     assert abs(s - 318.4111) < 1e-2 and abs(m - 0.4146) < 1e-3, (s, m)
 
 
