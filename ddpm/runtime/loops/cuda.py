@@ -31,7 +31,7 @@ import numpy as np
 from ddpm.errors import BackendError
 from ddpm.noise import initial_noise
 from ddpm.runtime.loops.guidance import uses_cfg
-from ddpm.runtime.loops.host import BatchResult, Check
+from ddpm.runtime.loops.host import BatchResult, Check, finite_batch
 from ddpm.runtime.plan import Plan
 
 
@@ -163,4 +163,4 @@ class TritonLoop:
             if not cfg:
                 xin = x
             tick()
-        return x.cpu().numpy(), xts, x0s
+        return finite_batch(x.cpu().numpy(), len(table.timesteps), "Triton"), xts, x0s

@@ -37,7 +37,7 @@ from ddpm import artifact
 from ddpm.errors import ArtifactError, BackendError, ConfigError
 from ddpm.noise import initial_noise, randn
 from ddpm.runtime.loops.guidance import uses_cfg
-from ddpm.runtime.loops.host import BatchResult, Check
+from ddpm.runtime.loops.host import BatchResult, Check, finite_batch
 from ddpm.runtime.plan import Plan
 from ddpm.schedule import TABLE_COLUMNS
 
@@ -254,7 +254,7 @@ class DeviceLoop:
             tick()
         last = bufs.bindings[(n - 1) % 2]
         last.synchronize_outputs()
-        x = last.copy_outputs_to_cpu()[0][:real]
+        x = finite_batch(last.copy_outputs_to_cpu()[0][:real], n, "device")
         return x, xts, x0s
 
     def _dev(self) -> str:

@@ -54,6 +54,22 @@ def non_finite(i: int, steps: int, t: int, out: np.ndarray) -> NonFiniteError:
     )
 
 
+def finite_batch(x: np.ndarray, steps: int, loop: str) -> np.ndarray:
+    """``x`` (a batch's final samples) if it holds no NaN/Inf, else NonFiniteError.
+
+    The per-batch check of the loops that keep x on the device (``loop="device"``, the Triton
+    update), where a per-step host check would cost a copy per step; NaN/Inf propagate
+    through every later step (clipping keeps NaN), so the final batch shows them.
+    """
+    if all_finite(x):
+        return x
+    raise NonFiniteError(
+        f"the {loop} loop's {steps}-step samples hold NaN or Inf, so every image would be "
+        "garbage and none was written; the model's weights are broken (re-export or retrain "
+        "it, e.g. with a lower --lr); loop='host' names the first bad step"
+    )
+
+
 def hold(engine: Engine, batch: int) -> contextlib.AbstractContextManager[RunFn]:
     """The engine's run function for model batches of ``batch``, resources held if it can."""
     if isinstance(engine, HoldsSessions):
