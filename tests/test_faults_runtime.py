@@ -41,6 +41,16 @@ def _onnx_with(tmp_path: Path, *, contract_changes=None, graph_change=None) -> P
     return path
 
 
+def _poison(model) -> None:
+    """Set one value of the graph's largest initializer to NaN (in place)."""
+    from onnx import numpy_helper
+
+    init = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    arr = numpy_helper.to_array(init).copy()
+    arr.reshape(-1)[0] = np.nan
+    init.CopyFrom(numpy_helper.from_array(arr, init.name))
+
+
 def _open(path: Path, backend: str = "ort"):
     from ddpm.runtime.sampler import Sampler
 
@@ -247,40 +257,24 @@ def test_openvino_checks_the_contract_against_the_graph_at_load(tmp_path, case):
 
 
 def test_nan_initializer_in_the_onnx_graph_is_an_error_not_garbage_images(tmp_path):
-    from onnx import numpy_helper
-
-    def poison(model):
-        init = max(model.graph.initializer, key=lambda t: len(t.raw_data))
-        arr = numpy_helper.to_array(init).copy()
-        arr.reshape(-1)[0] = np.nan
-        init.CopyFrom(numpy_helper.from_array(arr, init.name))
-
-    s = _open(_onnx_with(tmp_path, graph_change=poison))
+    s = _open(_onnx_with(tmp_path, graph_change=_poison))
     with pytest.raises(NonFiniteError):
         s.run(s.plan(2, steps=2, labels=1))
 
 
 def test_nan_weights_under_the_device_loop_are_an_error_not_garbage_images(tmp_path):
     """The device loop keeps x on the device, so it checks each batch's final samples."""
-    from onnx import numpy_helper
+    import onnx
 
     from ddpm.export import step_graph
     from ddpm.runtime.sampler import Sampler
-
-    def poison(model):
-        init = max(model.graph.initializer, key=lambda t: len(t.raw_data))
-        arr = numpy_helper.to_array(init).copy()
-        arr.reshape(-1)[0] = np.nan
-        init.CopyFrom(numpy_helper.from_array(arr, init.name))
-
-    import onnx
 
     path = _onnx_with(tmp_path)
     step = tmp_path / "model_step.onnx"
     step_graph.write(path, step, samplers=(("ddim", 3),), say=lambda _m: None)
     for f in (path, step):  # the step graph embeds the model: poison both the same way
         m = onnx.load(str(f))
-        poison(m)
+        _poison(m)
         onnx.save(m, str(f))
     s = Sampler.from_path(path, num_threads=1, loop="device")
     assert s.loop == "device"
