@@ -67,6 +67,9 @@ def _parse_model_config(text: str | None) -> dict:
               help="Probability of replacing a label by the null label (conditional runs).")
 @click.option("--resume", type=click.Path(dir_okay=False), default=None,
               help="Continue from OUT/ckpt.pt exactly (run-defining options come from it).")
+@click.option("--init-from", type=click.Path(dir_okay=False), default=None,
+              help="Fine-tune: start from this ckpt.pt's EMA weights (its arch, model config, "
+                   "image size and schedule) with a fresh optimizer and step count.")
 @click.option("--lr", type=float, default=D.lr, help="AdamW peak learning rate.")
 @click.option("--warmup", type=int, default=D.warmup, help="Linear learning-rate warm-up steps.")
 @click.option("--weight-decay", type=float, default=D.weight_decay, help="AdamW weight decay.")

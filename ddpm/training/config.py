@@ -52,6 +52,7 @@ class TrainConfig:
     download: bool = False
     device: str = "auto"
     model_config: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None  # ckpt.pt whose EMA weights start a fine-tuning run
 
     def schedule(self) -> ScheduleConfig:
         """The noise schedule (raises ConfigError for an unknown schedule/prediction type)."""

@@ -49,7 +49,11 @@ class Prepared:
 def prepare(
     config: TrainConfig, *, resume: str | os.PathLike | None = None, explicit: Collection[str] = ()
 ) -> Prepared:
-    ckpt = None
+    ckpt = init = None
+    if resume is not None and "init_from" in explicit:
+        raise ConfigError(
+            "--init-from starts a new run and --resume continues one; pass only one of them"
+        )
     if resume is not None:
         ckpt = _load_resume(resume)
         config = resume_config(ckpt["train_args"], config, explicit)
@@ -59,6 +63,9 @@ def prepare(
             raise ConfigError(
                 f"{str(resume)!r} is already at step {ckpt['step']}; pass --steps larger than that"
             )
+    elif config.init_from is not None:
+        init = _load_checkpoint(config.init_from, what="--init-from")
+        config = init_config(init, config, explicit)
     config.validate()
     schedule = config.schedule()
     # Before loading data: an unwritable --out must not cost a data load and a model build.
@@ -93,7 +100,9 @@ def prepare(
     check_elements("a training batch", (config.batch_size, data.channels, s, s))
     check_elements("the --num-samples grid", (config.num_samples, data.channels, s, s))
     seed_everything(config.seed)  # before building: same seed -> same init on every rank
-    model, model_config = _build_model(config, data.channels, num_classes, ckpt)
+    model, model_config = _build_model(config, data.channels, num_classes, ckpt or init)
+    if init is not None:
+        _load_init_weights(model, model_config, init, config, data.channels, num_classes)
     _check_forward(model, config, data.channels, num_classes)
     model.to(dist.device)
     data.images, data.labels = data.images.to(dist.device), data.labels.to(dist.device)
@@ -108,10 +117,75 @@ def prepare(
     return run
 
 
-def _load_resume(path: str | os.PathLike) -> dict:
+def _load_checkpoint(path: str | os.PathLike, *, what: str) -> dict:
     from ddpm.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
+    if what == "--init-from" and not ckpt.get("ema"):
+        raise CheckpointError(
+            f"{what} {str(path)!r} holds no EMA weights; pass a ckpt.pt written by ddpm-train"
+        )
+    return ckpt
+
+
+def init_config(init: dict, given: TrainConfig, explicit: Collection[str]) -> TrainConfig:
+    """The config of a ``--init-from`` run: what fixes the network's shape (arch, model
+    config, image size, conditioning) and what it was trained to predict come from the
+    checkpoint; the optimizer, data order, seed and length come from the command line.
+    Setting a shape-defining option to another value is an error, not a silent change."""
+    sched = dict(init["schedule"])
+    info = dict(init["data"])
+    fixed = {
+        "arch": init["arch"],
+        "image_size": int(info["image_size"]),
+        "conditional": int(info.get("num_classes", 0)) > 0,
+        "prediction_type": sched.get("prediction_type", given.prediction_type),
+        "objective": sched.get("objective", given.objective),
+    }
+    for name, value in fixed.items():
+        if name in explicit and getattr(given, name) != value:
+            flag = "--" + name.replace("_", "-")
+            if name == "conditional":
+                flag = "--conditional" if given.conditional else "--unconditional"
+            raise ConfigError(
+                f"{flag} differs from the --init-from checkpoint's {name} {value!r}; drop it "
+                "(a fine-tuning run keeps the network it starts from)"
+            )
+    if "model_config" in explicit and given.model_config:
+        raise ConfigError(
+            "--model-config cannot change the network of an --init-from run; drop it (the "
+            "checkpoint's model config is used)"
+        )
+    keep = {k: sched[k] for k in ("beta_schedule", "num_train_timesteps")
+            if k in sched and k not in explicit}
+    return dataclasses.replace(given, **fixed, **keep)
+
+
+def _load_init_weights(model: nn.Module, model_config: Any, init: dict, config: TrainConfig,
+                       channels: int, num_classes: int) -> None:
+    from ddpm.models.checkpoint import check_finite
+
+    path = str(config.init_from)
+    info = dict(init["data"])
+    want = (int(info.get("channels", channels)), int(info.get("num_classes", 0)))
+    if want != (channels, num_classes):
+        raise ConfigError(
+            f"--init-from {path!r} was trained on {want[0]}-channel images with {want[1]} "
+            f"classes, but --dataset {config.dataset!r} has {channels} channels and "
+            f"{num_classes} classes; fine-tune on data of the same shape"
+        )
+    check_finite(init["ema"], f"{path!r} 'ema' weights")
+    try:
+        model.load_state_dict(init["ema"], strict=True)
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(
+            f"cannot start from {path!r}: its EMA weights do not fit the model its config "
+            f"builds ({str(e).splitlines()[0]}); pass an unmodified ckpt.pt from ddpm-train"
+        ) from None
+
+
+def _load_resume(path: str | os.PathLike) -> dict:
+    ckpt = _load_checkpoint(path, what="--resume")
     missing = [k for k in ("train_args", "optimizer", "rng", "losses") if k not in ckpt]
     if missing:
         raise CheckpointError(
