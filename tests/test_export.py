@@ -161,6 +161,9 @@ def test_end_to_end_through_the_real_ddpm_train_cli(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line.split() for line in out.stdout.splitlines()
             if line.startswith(("torchscript", "onnxruntime-cpu"))]
-    assert len(rows) == 2 and all(float(r[-4]) <= 1e-4 for r in rows), out.stdout
+    # Defaults: model.onnx, model.ts and the CPU-optimized graph, each validated.
+    assert len(rows) == 3 and all(float(r[-4]) <= 1e-4 for r in rows), out.stdout
+    assert (tmp_path / "model_optimized.onnx").is_file()
+    assert read(tmp_path / "model_optimized.onnx").num_classes == 10
     c = read(tmp_path / "model.onnx")
     assert c.num_classes == 10 and c.null_label == 10 and (tmp_path / "model.ts").is_file()

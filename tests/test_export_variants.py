@@ -151,3 +151,38 @@ def test_triton_repo_config_parses_with_the_official_schema(variants):
     assert ins["timestep"].data_type == pb2.TYPE_INT64 and list(ins["timestep"].dims) == [1]
     assert list(ins["timestep"].reshape.shape) == []
     assert [o.name for o in cfg.output] == ["model_output"]
+
+
+def test_default_cli_export_leaves_out_a_failing_optimized_graph_and_removes_a_stale_one(
+        tmp_path, monkeypatch, make_checkpoint):
+    """The CLI default writes model_optimized.onnx; if the optimizer fails the export still
+    lands (model.onnx and model.ts), the failure is one note, and an earlier export's
+    model_optimized.onnx is removed so ddpm-run cannot run stale weights; --optimize makes
+    the same failure an error that writes nothing."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from ddpm.export import optimize
+    from ddpm.export.cli import main as export_cli
+
+    ckpt = tmp_path / "ckpt.pt"
+    shutil.copy(make_checkpoint("ddpm", False), ckpt)
+    stale = tmp_path / "model_optimized.onnx"
+    stale.write_bytes(b"an earlier export's graph")
+
+    def broken(*a, **k):
+        raise RuntimeError("fusion pass crashed")
+
+    monkeypatch.setattr(optimize, "optimize_graph", broken)
+    res = CliRunner().invoke(export_cli, [str(ckpt)])
+    assert res.exit_code == 0, res.output
+    assert "note: model_optimized.onnx left out (fusion pass crashed)" in res.output
+    assert (tmp_path / "model.onnx").is_file() and (tmp_path / "model.ts").is_file()
+    assert not stale.exists() and f"removed {stale}" in res.output
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+    (tmp_path / "model.onnx").unlink()
+    res = CliRunner().invoke(export_cli, [str(ckpt), "--optimize"])
+    assert res.exit_code != 0 and "fusion pass crashed" in res.output
+    assert not (tmp_path / "model.onnx").exists()  # all of the export or none of it

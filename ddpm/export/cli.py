@@ -36,8 +36,10 @@ from ddpm._cli import OneLineCommand, friendly_errors
 @click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True,
               help="Which weights of a ckpt.pt to export.")
 @click.option("--fp16", is_flag=True, help="Also write model_fp16.onnx (fp16 graph, fp32 IO).")
-@click.option("--optimize", is_flag=True,
-              help="Also write model_optimized.onnx (onnxruntime UNet fusions, CPU-safe).")
+@click.option("--optimize/--no-optimize", default=None,
+              help="Write model_optimized.onnx (onnxruntime UNet fusions, CPU-safe; ddpm-run on "
+                   "the CPU prefers it). Default: with model.onnx, left out with a note if it "
+                   "fails; --optimize makes that an error.")
 @click.option("--int8", is_flag=True,
               help="Also write model_int8.onnx (static QDQ int8 convs, calibrated on the training data; CPU).")
 @click.option("--with-step", is_flag=True,
@@ -55,7 +57,7 @@ from ddpm._cli import OneLineCommand, friendly_errors
               help="Also write a Triton Inference Server model repository here.")
 @friendly_errors
 def main(ckpt: Path, out_dir: Path | None, formats: str, onnx_exporter: str, opset: int, aoti: bool,
-         weights: str, fp16: bool, optimize: bool, int8: bool, with_step: bool,
+         weights: str, fp16: bool, optimize: bool | None, int8: bool, with_step: bool,
          step_sampler: str | None, step_count: int, atol: float, no_validate: bool,
          triton_repo: Path | None) -> None:
     """Export CKPT (a ddpm-train ckpt.pt, a .safetensors file with its config in the header

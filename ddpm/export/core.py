@@ -94,7 +94,7 @@ def export_checkpoint(
     validate: bool = True,
     atol: float = DEFAULT_ATOL,
     fp16: bool = False,
-    optimize: bool = False,
+    optimize: bool | None = False,
     int8: bool = False,
     with_step: bool = False,
     step_sampler: str | None = None,
@@ -108,7 +108,9 @@ def export_checkpoint(
     ``formats`` picks the base graphs; ``onnx_exporter`` ("dynamo" or "legacy", see
     graphs.py) writes the ONNX one, ``opset`` defaults to ``graphs.DEFAULT_OPSET``; ``aoti``
     adds model_aoti.pt2 (needs "pt2"); ``fp16`` / ``optimize`` / ``int8`` / ``with_step`` add
-    ONNX variants (they need "onnx" in ``formats``; ``int8`` quantises the optimized graph's
+    ONNX variants (they need "onnx" in ``formats``; ``optimize=None``, the CLI default, writes
+    model_optimized.onnx whenever model.onnx is written and, if the optimizer or its
+    validation fails, leaves it out with a note instead of failing the export; ``int8`` quantises the optimized graph's
     convolutions, calibrated on the images ``calibration_loader`` returns for the
     checkpoint's dataset, else on noise); ``with_step``'s graph serves every sampler and is
     validated on ``step_sampler`` (default: the first of ``ddpm.schedule.SAMPLERS`` the
@@ -128,6 +130,9 @@ def export_checkpoint(
     atol = check_atol(atol)
     if with_step:
         check_step_args(step_sampler, step_count)
+    auto_optimize = optimize is None
+    if auto_optimize:
+        optimize = "onnx" in fmts
     if (fp16 or optimize or int8 or with_step or triton_repo) and "onnx" not in fmts:
         raise ConfigError("--fp16/--optimize/--int8/--with-step/--triton-repo need the onnx format; add onnx to --format")
     if aoti and "pt2" not in fmts:
@@ -177,8 +182,10 @@ def export_checkpoint(
             say(rep.table())
             result.reports.append(rep)
             rep.raise_if_failed("validation of the fp32 export")
-        _variants(result, loaded, module, spec, tmp, dict(contract.versions), say, validate=validate,
-                  step_sampler=step_sampler, step_count=step_count)
+        if _variants(result, loaded, module, spec, tmp, dict(contract.versions), say,
+                     validate=validate, step_sampler=step_sampler, step_count=step_count,
+                     optional_optimized=auto_optimize) is False:
+            kinds.remove("optimized")
         if "int8" in tmp:
             _int8(result, src, loaded, module, spec, tmp, say, validate=validate, loader=calibration_loader)
         if triton_repo is not None:
@@ -189,6 +196,12 @@ def export_checkpoint(
             say(f"wrote Triton model repository {repo}")
     # Leaving atomic_files moved every staged file into place (nothing raised).
     result.paths.update({k: out / FILENAMES[k] for k in kinds})
+    stale = out / FILENAMES["optimized"]
+    if "onnx" in kinds and "optimized" not in kinds and stale.is_file():
+        # ddpm-run prefers model_optimized.onnx in a folder: one from an earlier export
+        # would silently run the old weights beside the new model.onnx.
+        stale.unlink()
+        say(f"removed {stale} (from an earlier export; it no longer matches model.onnx)")
     result.seconds = time.perf_counter() - start
     for k in kinds:
         say(f"wrote {result.paths[k]}")
@@ -224,8 +237,12 @@ def _export_pt2(program, tmp: dict, contract: Contract, say) -> None:
         say(f"exported AOTInductor package ({pt2.AOTI_COMPILER}, CPU)")
 
 
-def _variants(result: ExportResult, loaded, module, spec, tmp, vers, say, *, validate, step_sampler, step_count) -> None:
-    """fp16 / optimized / whole-step graphs, each built from the validated fp32 ONNX."""
+def _variants(result: ExportResult, loaded, module, spec, tmp, vers, say, *, validate, step_sampler,
+              step_count, optional_optimized: bool = False) -> bool:
+    """fp16 / optimized / whole-step graphs, each built from the validated fp32 ONNX.
+
+    Returns False when an ``optional_optimized`` graph was left out (its failure is a note)."""
+    kept = True
     if "fp16" in tmp:
         from ddpm.export.fp16 import export_fp16
 
@@ -236,8 +253,18 @@ def _variants(result: ExportResult, loaded, module, spec, tmp, vers, say, *, val
     if "optimized" in tmp:
         from ddpm.export.optimize import export_optimized
 
-        rep = export_optimized(tmp["onnx"], tmp["optimized"], loaded, module, spec,
-                               result.contract, validate=validate, say=say)
+        try:
+            rep = export_optimized(tmp["onnx"], tmp["optimized"], loaded, module, spec,
+                                   result.contract, validate=validate, say=say)
+        except Exception as e:  # noqa: BLE001 - optional by default: the export goes on without it
+            if not optional_optimized:
+                raise
+            from ddpm.errors import first_line
+
+            tmp.pop("optimized").unlink(missing_ok=True)
+            kept, rep = False, None
+            say(f"note: model_optimized.onnx left out ({first_line(e)}); ddpm-run uses "
+                "model.onnx (pass --optimize to make this an error)")
         if rep is not None:
             result.reports.append(rep)
     if "step" in tmp:
@@ -255,6 +282,7 @@ def _variants(result: ExportResult, loaded, module, spec, tmp, vers, say, *, val
                                             (other, min(7, loaded.schedule.num_train_timesteps))))
         if rep is not None:
             result.reports.append(rep)
+    return kept
 
 
 def _int8(result: ExportResult, src: Path, loaded, module, spec, tmp, say, *, validate: bool,
