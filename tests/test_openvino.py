@@ -120,8 +120,13 @@ def test_batch_split_across_threads_matches_one_thread(ov_engine, model):
         x, t, y = _inputs(b, seed=10 + b)
         np.testing.assert_allclose(two.run(x, t, y), ov_engine.run(x, t, y), atol=1e-5, rtol=0)
     assert set(two._compiled) == {(1, 2), (1, 3), (2, 1)}  # 5 -> 2 + 3, 1 -> whole, 4 -> 2 + 2
-    threads = {k: int(c.compiled.get_property("INFERENCE_NUM_THREADS")) for k, c in two._compiled.items()}
-    assert threads == {(1, 2): 1, (1, 3): 1, (2, 1): 2}
+    # Chunk models: one single-thread stream per worker, so the chunks of a batch run side by
+    # side instead of queueing on one stream; the single image: one stream with both threads.
+    layout = {k: (int(c.compiled.get_property("NUM_STREAMS")), int(c.compiled.get_property("INFERENCE_NUM_THREADS")))
+              for k, c in two._compiled.items()}
+    assert layout == {(1, 2): (2, 2), (1, 3): (2, 2), (2, 1): (1, 2)}
+    # 5 -> 2 + 3 runs on two models at once: pinned, both first streams would share a core.
+    assert not any(bool(two._compiled[k].compiled.get_property("ENABLE_CPU_PINNING")) for k in ((1, 2), (1, 3)))
     unsplit = OpenVinoEngine(model, num_threads=2, cache=False, split=False)
     unsplit.run(*_inputs(4, seed=0))
     assert set(unsplit._compiled) == {(2, 4)}
@@ -139,6 +144,17 @@ def test_precision_pinned_to_f32_and_threads_and_latency_hint(ov_engine):
 
 
 def test_concurrent_calls_match_serial_calls(ov_engine):
+    _check_concurrent(ov_engine)
+
+
+def test_concurrent_calls_on_split_streams_match_serial_calls(model):
+    """2 threads: every batch of >= 2 runs as chunks on two-stream compiled models."""
+    e = OpenVinoEngine(model, num_threads=2, cache=False)
+    _check_concurrent(e)
+    e.close()
+
+
+def _check_concurrent(ov_engine) -> None:
     cases = [_inputs(b, seed=s) for s, b in enumerate((2, 3, 2, 1, 3, 2, 1, 2))]
     serial = [ov_engine.run(*c) for c in cases]
     got: list = [None] * len(cases)

@@ -13,10 +13,12 @@ again if the compiled model reports it runs another precision. Compiled blobs ar
 folder, so later processes skip compilation.
 
 On ``threads`` > 1 a batch of B >= 2 is split like the ORT engine splits it: ``threads``
-contiguous chunks, each run on a single-threaded compiled model of its chunk size, side by
-side (OpenVINO releases the GIL). A small UNet is many short ops, and one multi-threaded
-request pays a hand-off per op (figures in docs/cpu-engines.md). A single image runs
-on one compiled model with all threads (``split=False`` does that for every batch).
+contiguous chunks run side by side (OpenVINO releases the GIL) on one compiled model of
+the chunk size with ``threads`` single-thread, unpinned streams, so the chunks do not queue
+behind each other on one stream or one core. A small UNet is many short ops,
+and one multi-threaded request pays a hand-off per op (figures in docs/cpu-engines.md). A
+single image runs on one compiled model with all threads (``split=False`` does that for
+every batch).
 
 An infer request is not thread-safe, a compiled model is: each call borrows an idle request
 of its compiled model from a small pool (creating one when all are busy) and returns it, so
@@ -203,9 +205,15 @@ class OpenVinoEngine:
             shapes[inp.get_any_name()] = [batch, *(int(d) for d in spec.shape[1:])]
         try:
             model.reshape(shapes)
-            compiled = self._core.compile_model(
-                model, "CPU", {**self._config, "INFERENCE_NUM_THREADS": threads}
-            )
+            config = {**self._config, "INFERENCE_NUM_THREADS": threads}
+            if self.split and threads < self.threads:
+                # The chunks of a batch run side by side on requests of this one model. With
+                # one stream they would queue behind each other (2x slower, measured): one
+                # single-thread stream per worker. Unpinned: an uneven split (5 -> 2 + 3) uses
+                # two models, whose first streams the plugin would pin to the same core.
+                config.update(INFERENCE_NUM_THREADS=self.threads, NUM_STREAMS=self.threads,
+                              ENABLE_CPU_PINNING=False)
+            compiled = self._core.compile_model(model, "CPU", config)
         except Exception as e:
             raise ArtifactError(
                 f"{self.path}: OpenVINO cannot compile this model at batch {batch} "
