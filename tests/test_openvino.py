@@ -209,6 +209,38 @@ def test_bf16_runs_close_to_f32(model):
     np.testing.assert_allclose(got, want, atol=0.1, rtol=0)
 
 
+def _conv_precisions(engine) -> set[str]:
+    """The runtime precisions of the convolutions in ``engine``'s compiled models."""
+    out = set()
+    for c in engine._compiled.values():
+        for op in c.compiled.get_runtime_model().get_ops():
+            info = op.get_rt_info()
+            if info["layerType"].astype(str) == "Convolution":
+                out.add(info["runtimePrecision"].astype(str))
+    return out
+
+
+def test_int8_graph_runs_int8_convolutions_close_to_fp32():
+    """--backend openvino --precision int8 opens digits_int8.onnx (the QDQ graph of ddpm-export
+    --int8) and its convolutions run on int8 kernels; outputs stay near the fp32 graph's
+    (relative RMS: the int8 export's own check against torch is 0.02-0.03)."""
+    from ddpm.runtime.engines import open_engine
+
+    e = open_engine(BUNDLED, "openvino", precision="int8", num_threads=1, cache=False)
+    ref = open_engine(BUNDLED, "ort", num_threads=1)
+    assert e.path.name == "digits_int8.onnx"
+    x, t, y = _inputs(4, seed=5)
+    got, want = e.run(x, t, y), ref.run(x, t, y)
+    rel = float(np.sqrt(np.mean((got - want) ** 2) / np.mean(want**2)))
+    assert 0 < rel < 0.06, rel
+    assert _conv_precisions(e) & {"u8", "i8"}, _conv_precisions(e)
+    fp32 = open_engine(BUNDLED, "openvino", num_threads=1, cache=False)
+    fp32.run(x, t, y)
+    assert _conv_precisions(fp32) == {"f32"}
+    for engine in (e, ref, fp32):
+        engine.close()
+
+
 def test_unknown_precision_and_cuda_refused(model):
     with pytest.raises(BackendError, match="no precision 'fp8'"):
         OpenVinoEngine(model, compute_precision="fp8")

@@ -4,7 +4,8 @@ Reference: the classifier's confident fraction (p >= 0.8) on held-out real digit
 - 256 unconditional samples (the null label) must reach >= 0.9x the reference;
 - with a label k and guidance 3, >= 90 % of samples must be classified as k, for every k.
 Both use the default sampler of `ddpm-run` (DDPM, 50 steps) on ONNX Runtime, for the fp32
-graph and for the int8 graph that `ddpm-run --precision int8` opens.
+graph and for the int8 graph that `ddpm-run --precision int8` opens, and for every reduced
+precision OpenVINO runs here (int8; bf16 on AMX / AVX512-BF16 CPUs, else skipped saying why).
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ def judge():
     return quality.fit_judge(image_size=16)
 
 
-@pytest.fixture(scope="module", params=["fp32", "int8", "bf16"])
+@pytest.fixture(scope="module", params=["fp32", "int8", "openvino-int8", "bf16"])
 def sampler(request):
-    """The bundled model as ddpm-run opens it, its opt-in int8 graph (digits_int8.onnx), and
-    OpenVINO's bf16 compute (ddpm-run --backend openvino --precision bf16) where it is native."""
+    """The bundled model as ddpm-run opens it, its opt-in int8 graph (digits_int8.onnx) on ORT
+    and on OpenVINO (ddpm-run --backend openvino --precision int8), and OpenVINO's bf16
+    compute (--backend openvino --precision bf16) where it is native."""
+    if request.param == "openvino-int8":
+        pytest.importorskip("openvino", reason="OpenVINO int8 needs the [openvino] extra")
+        return Sampler.default(backend="openvino", precision="int8")
     if request.param == "bf16":
         from ddpm.runtime.engines.openvino import native_bf16
 

@@ -37,3 +37,18 @@ def test_ddpm_run_prints_the_file_it_used(folder, tmp_path):
                                   "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert f"from {folder / 'model_optimized.onnx'}" in r.stdout
+
+
+def test_int8_opens_on_ort_and_openvino_and_other_backends_are_told_which(folder):
+    """int8 is a graph variant: resolved for the backends that run it, one-line error elsewhere."""
+    from ddpm.errors import BackendError
+
+    shutil.copy(default_model_path(), folder / "model_int8.onnx")
+    assert resolve_file(folder, "ort", "int8") == folder / "model_int8.onnx"
+    assert resolve_file(folder, "openvino", "int8") == folder / "model_int8.onnx"
+    for backend in ("torchscript", "auto"):
+        with pytest.raises(BackendError, match="backend 'ort' or 'openvino'") as e:
+            resolve_file(folder, backend, "int8")
+        assert e.value.field == "precision" and "\n" not in str(e.value)
+    with pytest.raises(BackendError, match="runs on backend 'ort', got backend 'openvino'"):
+        resolve_file(folder, "openvino", "fp16")

@@ -109,7 +109,7 @@ D = defaults
 @click.option("--npz", default=None, help="Also write float samples (and labels) as .npz.")
 @click.option("--trajectory", default=None, help="Also write the denoising strip (x_t and x0 every few steps, labelled) as an image.")
 @click.option("--trajectory-samples", default=D.TRAJECTORY_SAMPLES, show_default=True, type=int, help="Samples shown in the --trajectory strip.")
-@click.option("--precision", default="fp32", show_default=True, help="fp32 | int8 | fp16 (ort: the model_int8.onnx / model_fp16.onnx written by ddpm-export --int8 / --fp16); bf16 (openvino, CPUs with AMX / AVX512-BF16).")
+@click.option("--precision", default="fp32", show_default=True, help="fp32 | int8 | fp16: the model_int8.onnx / model_fp16.onnx written by ddpm-export --int8 / --fp16 (int8: ort or openvino; fp16: ort); bf16: OpenVINO's bf16 arithmetic on the fp32 graph (CPUs with AMX / AVX512-BF16).")
 @click.option("--spin", is_flag=True, help="ort CPU: let pool threads spin-wait inside a model call (faster for a single image on an idle machine, slower on a busy one).")
 @click.option("--threads", default=None, type=int, help="CPU threads for ONNX Runtime / OpenVINO (default: physical cores).")
 @click.option("--tensorrt", is_flag=True, help="ort + cuda: try the TensorRT EP first (opt-in).")

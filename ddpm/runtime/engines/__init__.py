@@ -11,7 +11,9 @@ Adding an engine takes two steps:
    ``default_file`` (looked for when given a folder, e.g. ``"model.xml"``) and
    ``written_by`` (the command that writes it, for the not-found message), and optionally
    ``compute_precisions`` (default ``("fp32",)``: the arithmetic it can run, e.g. OpenVINO's
-   ``("fp32", "bf16")``; it receives ``compute_precision=`` for anything but fp32). Keep the
+   ``("fp32", "bf16")``; it receives ``compute_precision=`` for anything but fp32) and
+   ``file_precisions`` (default ``("fp32",)``: the graph variants of :data:`PRECISIONS` it
+   can open, e.g. ``("fp32", "int8")`` for one that runs ``model_int8.onnx``). Keep the
    module import cheap: import the heavy library inside ``__init__``;
 2. add one line ``"NAME": "ddpm.runtime.engines.NAME:NameEngine"`` to ``ENGINES``.
 
@@ -69,7 +71,7 @@ def engine_class(backend: str) -> type:
 def resolve_file(path: str | Path, backend: str, precision: str = "fp32", device: str = "cpu") -> Path:
     """``path`` itself, or the best file for ``backend`` on ``device`` inside the folder ``path``.
 
-    ``precision="int8"`` / ``"fp16"`` (ORT only) map ``model.onnx`` / a folder to
+    ``precision="int8"`` (ORT, OpenVINO) / ``"fp16"`` (ORT) map ``model.onnx`` / a folder to
     ``model_int8.onnx`` / ``model_fp16.onnx`` (and the bundled ``digits.onnx`` to
     ``digits_int8.onnx``) unless the name already says so. For fp32 a folder gives the
     first file of :data:`PREFERRED` present there, else the engine's ``default_file``.
@@ -80,9 +82,12 @@ def resolve_file(path: str | Path, backend: str, precision: str = "fp32", device
         raise BackendError(
             f"unknown precision {precision!r}; expected one of {', '.join(known)}", field="precision"
         )
-    if precision != "fp32" and backend != "ort":
+    if precision not in getattr(cls, "file_precisions", ("fp32",)):
+        able = [b for b in ENGINES if precision in getattr(engine_class(b), "file_precisions", ())]
         raise BackendError(
-            f"precision {precision} needs backend 'ort' (an ONNX graph variant)", field="precision"
+            f"precision {precision} (the model{PRECISIONS[precision]}.onnx graph of ddpm-export "
+            f"--{precision}) runs on backend {' or '.join(map(repr, able))}, got backend "
+            f"{backend!r}; use one of those or precision fp32", field="precision"
         )
     p = Path(path)
     if p.is_dir():

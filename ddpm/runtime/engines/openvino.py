@@ -137,6 +137,8 @@ class OpenVinoEngine:
     default_file = "model.onnx"
     written_by = "ddpm-export"
     compute_precisions = tuple(PRECISIONS)
+    #: model_int8.onnx (QDQ) runs on OpenVINO's int8 kernels with the f32 hint unchanged.
+    file_precisions = ("fp32", "int8")
 
     def __init__(
         self, path: Path, device: str = "cpu", *, num_threads: int | None = None,

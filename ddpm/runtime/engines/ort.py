@@ -76,7 +76,8 @@ class OrtEngine:
     name = "ort"
     default_file = "model.onnx"
     written_by = "ddpm-export"
-    compute_precisions = ("fp32",)  # int8 / fp16 are file variants (engines.PRECISIONS)
+    compute_precisions = ("fp32",)
+    file_precisions = ("fp32", "int8", "fp16")  # model_int8.onnx / model_fp16.onnx
 
     def __init__(
         self,
