@@ -80,8 +80,21 @@ def test_threads_reach_every_contender(tmp_path):
 def test_bad_bench_argument_is_one_line_exit_2(tmp_path):
     from ddpm.bench_cli import main
 
-    for args in (["--contenders", "nope"], ["--batches", "x"], ["--threads", "0"]):
+    for args in (["--contenders", "nope"], ["--batches", "x"], ["--threads", "0"],
+                 ["--model-batches", "cifar=8"], ["--model-batches", "tiny"], ["--model-batches", "tiny=0"]):
         res = CliRunner().invoke(main, ["--quick", *args, "--out", str(tmp_path / "x.json")])
         assert res.exit_code == 2, (args, res.output)
         assert "error:" in res.output and "Traceback" not in res.output
         assert not (tmp_path / "x.json").exists()
+
+
+def test_model_batches_override_batches_for_that_model(tmp_path):
+    """--model-batches tiny=1 runs the tiny model at batch 1 only, whatever --batches says."""
+    from ddpm.bench import harness
+
+    out = tmp_path / "mb.json"
+    data = harness.run(["--quick", "--work", str(tmp_path / "w"), "--batches", "2,3",
+                        "--model-batches", "tiny=1", "--contenders", "ddpm_run_ort", "--threads", "1",
+                        "--out", str(out)], log=lambda *_: None)
+    assert [r["batch"] for r in data["rows"]] == [1]
+    assert json.loads(out.read_text())["model_batches"] == {"tiny": [1]}

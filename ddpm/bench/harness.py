@@ -142,7 +142,7 @@ def bench_model(art: dict[str, Any], args, peak: float, log) -> tuple[list[dict[
     for n in notes:
         log(f"note: {n}")
     rows = []
-    for batch in args.batches:
+    for batch in args.model_batches.get(art["name"], args.batches):
         flops = count_flops(art["module"], art["image_shape"], batch * art["cfg_factor"], art["num_classes"])
         log(f"{art['name']}: batch {batch}, {flops / 1e9:.2f} GFLOP per UNet call, "
             f"contenders {[c.name for c in cs]} (load {os.getloadavg()[0]:.2f})")
@@ -197,6 +197,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--models", default=None, help="comma list of article,cifar,bundled,tiny "
                    "(default article,bundled)")
     p.add_argument("--batches", default=None, help="comma list (default 1,16,64)")
+    p.add_argument("--model-batches", action="append", default=[], metavar="MODEL=B[,B...]",
+                   help="batches for one model instead of --batches (repeatable), e.g. cifar=8")
     p.add_argument("--steps", type=int, default=None, help="DDPM steps (default 50)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per contender (default 3)")
     p.add_argument("--threads", type=int, default=None,
@@ -214,6 +216,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         a.batches = [int(b) for b in (a.batches or ("1,2" if q else "1,16,64")).split(",")]
     except ValueError:
         p.error(f"--batches {a.batches!r} is not a comma list of integers")
+    per_model: dict[str, list[int]] = {}
+    for item in a.model_batches:
+        name, sep, values = item.partition("=")
+        try:
+            per_model[name] = [int(b) for b in values.split(",")]
+        except ValueError:
+            per_model[name] = []
+        if not sep or name not in a.models or not per_model[name] or min(per_model[name]) < 1:
+            p.error(f"--model-batches {item!r}: expected MODEL=B[,B...] with MODEL one of "
+                    f"--models ({','.join(a.models)}) and batches >= 1")
+    a.model_batches = per_model
     a.steps = a.steps or (3 if q else 50)
     a.repeats = a.repeats or (1 if q else 3)
     a.threads = physical_cores() if a.threads is None else a.threads
@@ -279,6 +292,7 @@ def run(argv: list[str] | None = None, log=print, prog: str = "ddpm-bench") -> d
         **cpu_facts(), "threads": a.threads, "versions": _versions(),
         "command": " ".join([prog, *argv]),
         "quick": a.quick, "steps": a.steps, "repeats": a.repeats, "batches": a.batches,
+        "model_batches": a.model_batches,
         "load_avg_start": [round(x, 2) for x in load0],
         "load_avg_end": [round(x, 2) for x in os.getloadavg()],
         "gemm_peak_start": peak0, "gemm_peak_end": peak1, "gemm_peak_gflops": peak,
