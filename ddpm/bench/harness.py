@@ -218,14 +218,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--batches {a.batches!r} is not a comma list of integers")
     per_model: dict[str, list[int]] = {}
     for item in a.model_batches:
-        name, sep, values = item.partition("=")
+        name, _, values = item.partition("=")  # no "=": values is "", which int() refuses
         try:
-            per_model[name] = [int(b) for b in values.split(",")]
+            batches = [int(b) for b in values.split(",")]
         except ValueError:
-            per_model[name] = []
-        if not sep or name not in a.models or not per_model[name] or min(per_model[name]) < 1:
+            batches = []
+        if name not in a.models or not batches or min(batches) < 1:
             p.error(f"--model-batches {item!r}: expected MODEL=B[,B...] with MODEL one of "
                     f"--models ({','.join(a.models)}) and batches >= 1")
+        per_model[name] = batches
     a.model_batches = per_model
     a.steps = a.steps or (3 if q else 50)
     a.repeats = a.repeats or (1 if q else 3)
